@@ -1,0 +1,92 @@
+"""The Redis key layout: every key the system writes, in one place.
+
+All keys start with ``CLIX_KEY_PREFIX`` (default ``clix``). Keys about one
+trigger are scoped by project, campaign and idempotency key; each part is
+percent-encoded, so ``:`` inside an id cannot make two scopes collide and no
+glob character reaches a ``SCAN MATCH`` pattern.
+
+====================================  =======  ==========================================
+key                                   type     meaning, lifetime
+====================================  =======  ==========================================
+``{p}:lease:{scope}``                 string   in flight: owner ``task_id|nonce``; PX lease
+``{p}:done:{scope}``                  string   done: JSON ``trigger_id``, ``done_at``; TTL
+``{p}:dead:{scope}``                  string   dead-lettered: the DLQ entry id; TTL
+``{p}:meta:{scope}``                  hash     deliveries, attempts, first_seen, sending; TTL
+``{p}:dlq:entries``                   hash     DLQ entry id -> entry JSON; durable
+``{p}:dlq:index``                     zset     DLQ entry ids by failure time (ms)
+``{p}:stats``                         hash     fleet-wide counters (ambiguous duplicates...)
+====================================  =======  ==========================================
+
+TTLs come from :mod:`config.settings` (``CLIX_IDEMPOTENCY_TTL_S``,
+``CLIX_LEASE_S``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+__all__ = ["KeySpace", "Scope"]
+
+
+def _part(value: str) -> str:
+    return quote(value, safe="")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Who a trigger belongs to: the unit of idempotency."""
+
+    project_id: str
+    campaign_id: str
+    idempotency_key: str
+
+    def encoded(self) -> str:
+        """The scope as one unambiguous, glob-free key segment."""
+        return ":".join(_part(p) for p in (self.project_id, self.campaign_id, self.idempotency_key))
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Builds the Redis keys of one deployment (one key prefix)."""
+
+    prefix: str = "clix"
+
+    def lease(self, scope: Scope) -> str:
+        """In-flight claim of a scope."""
+        return f"{self.prefix}:lease:{scope.encoded()}"
+
+    def done(self, scope: Scope) -> str:
+        """Committed outcome of a scope."""
+        return f"{self.prefix}:done:{scope.encoded()}"
+
+    def dead(self, scope: Scope) -> str:
+        """Marker of a scope whose trigger sits in the DLQ."""
+        return f"{self.prefix}:dead:{scope.encoded()}"
+
+    def meta(self, scope: Scope) -> str:
+        """Counters of a scope across deliveries."""
+        return f"{self.prefix}:meta:{scope.encoded()}"
+
+    def scope_keys(self, scope: Scope) -> list[str]:
+        """``[lease, done, dead, meta]``: the KEYS of every ledger script."""
+        return [self.lease(scope), self.done(scope), self.dead(scope), self.meta(scope)]
+
+    def scope_pattern(self, state: str, campaign_id: str, idempotency_key: str) -> str:
+        """``SCAN MATCH`` pattern of a state key for a campaign and key in any project."""
+        return f"{self.prefix}:{state}:*:{_part(campaign_id)}:{_part(idempotency_key)}"
+
+    @property
+    def dlq_entries(self) -> str:
+        """Hash of DLQ entries by id."""
+        return f"{self.prefix}:dlq:entries"
+
+    @property
+    def dlq_index(self) -> str:
+        """Sorted set of DLQ entry ids, scored by failure time in ms."""
+        return f"{self.prefix}:dlq:index"
+
+    @property
+    def stats(self) -> str:
+        """Hash of fleet-wide counters."""
+        return f"{self.prefix}:stats"

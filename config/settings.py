@@ -1,0 +1,224 @@
+"""Settings: the only reader of the environment (and of a `.env` file).
+
+Every default, TTL and bound of the system lives here, with its unit in its
+name. The names under "Public contract" in DESIGN.md section 4 are promises to
+users; the rest are tuning knobs, prefixed ``CLIX_`` like the public ones.
+
+The settings also check themselves against each other, because several of the
+system's guarantees only hold when the numbers fit together:
+
+* every single wait (backoff cap, ``Retry-After`` cap) and the lease stay
+  under the broker's visibility timeout, or the Redis broker hands a message
+  out again while its first delivery is still running;
+* the lease outlives the longest gap between two lease renewals (one request
+  timeout plus one wait), or a live delivery loses its claim to a copy;
+* the idempotency window outlives the longest time a second copy of a trigger
+  can still arrive, or the same key sends twice.
+
+Producers and the inspection commands never need the Clix credentials; a
+worker that sends calls :meth:`Settings.require_credentials` at start-up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ConfigurationError", "Settings", "get_settings"]
+
+DEFAULT_BASE_URL = "https://api.clix.so"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing, malformed or contradicts another one.
+
+    The message names the environment variable to fix.
+    """
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Configuration of producers, workers and the CLI.
+
+    Field names map to upper-case environment variables (``clix_api_key`` is
+    ``CLIX_API_KEY``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- public contract (DESIGN.md section 4) -------------------------------
+    clix_project_id: str | None = Field(None, description="Clix project id (workers only).")
+    clix_api_key: SecretStr | None = Field(None, description="Clix secret API key (workers only).")
+    clix_base_url: str = Field(DEFAULT_BASE_URL, description="Clix API base URL.")
+    redis_url: str = Field(DEFAULT_REDIS_URL, description="Idempotency store, DLQ, limiter.")
+    celery_broker_url: str | None = Field(None, description="Broker; defaults to REDIS_URL.")
+    clix_plans: str | None = Field(None, description="Trigger plan files or folders.")
+    clix_max_attempts: int = Field(5, ge=1, le=100, description="HTTP attempts per delivery.")
+    clix_backoff_initial_s: float = Field(0.5, gt=0, description="First backoff wait.")
+    clix_backoff_max_s: float = Field(8.0, gt=0, description="Cap on one backoff wait.")
+    clix_retry_deadline_s: float = Field(30.0, gt=0, description="Total retry time per delivery.")
+    clix_rate_limit_per_s: float = Field(1000.0, gt=0, description="Fleet-wide request rate.")
+
+    # --- tuning --------------------------------------------------------------
+    clix_request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one HTTP request.")
+    clix_retry_after_max_s: float = Field(
+        20.0, gt=0, description="Cap on one Retry-After wait honoured for a 429."
+    )
+    clix_http_pool_size: int = Field(10, ge=1, description="Pooled connections per worker process.")
+    clix_lease_s: float = Field(
+        45.0, gt=0, description="In-flight claim lease, renewed before every request."
+    )
+    clix_visibility_timeout_s: float = Field(
+        60.0, gt=0, description="Redis broker: unacked messages are handed out again after this."
+    )
+    clix_unacked_restore_interval_s: float = Field(
+        5.0, gt=0, description="Redis broker: how often workers look for expired unacked messages."
+    )
+    clix_idempotency_ttl_s: int = Field(
+        86_400, ge=60, description="How long a done/dead-lettered key is remembered."
+    )
+    clix_redelivery_limit: int = Field(
+        5, ge=1, description="Deliveries of one key before it is dead-lettered as poison."
+    )
+    clix_queue: str = Field("clix.triggers", min_length=1, description="Broker queue name.")
+    clix_key_prefix: str = Field("clix", min_length=1, description="Namespace of Redis keys.")
+    clix_result_ttl_s: int = Field(86_400, ge=60, description="Celery task results expire after.")
+
+    @field_validator("clix_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"CLIX_BASE_URL must be an http(s) URL with a host, got {value!r}")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError(
+                "CLIX_BASE_URL: plain http:// is only allowed for loopback hosts "
+                f"(localhost, 127.0.0.0/8, ::1), got host {parts.hostname!r}; use https://"
+            )
+        return value
+
+    @field_validator("clix_project_id")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        problems = self.contradictions()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def contradictions(self) -> list[str]:
+        """Return every way in which the settings break a guarantee (empty: none)."""
+        vt = self.clix_visibility_timeout_s
+        problems: list[str] = []
+        if self.clix_backoff_initial_s > self.clix_backoff_max_s:
+            problems.append("CLIX_BACKOFF_INITIAL_S is larger than CLIX_BACKOFF_MAX_S")
+        for name, value in (
+            ("CLIX_BACKOFF_MAX_S", self.clix_backoff_max_s),
+            ("CLIX_RETRY_AFTER_MAX_S", self.clix_retry_after_max_s),
+            ("CLIX_LEASE_S", self.clix_lease_s),
+            ("CLIX_UNACKED_RESTORE_INTERVAL_S", self.clix_unacked_restore_interval_s),
+        ):
+            if value >= vt:
+                problems.append(
+                    f"{name}={value:g} must stay under CLIX_VISIBILITY_TIMEOUT_S={vt:g}, "
+                    "or the broker redelivers messages that are still being worked on"
+                )
+        if self.max_renewal_gap_s >= self.clix_lease_s:
+            problems.append(
+                f"CLIX_LEASE_S={self.clix_lease_s:g} must exceed one request timeout plus the "
+                f"longest single wait ({self.max_renewal_gap_s:g} s), or a live delivery "
+                "loses its claim between two renewals"
+            )
+        if self.clix_idempotency_ttl_s <= self.retry_horizon_s:
+            problems.append(
+                f"CLIX_IDEMPOTENCY_TTL_S={self.clix_idempotency_ttl_s} must outlast the retry "
+                f"horizon ({self.retry_horizon_s:g} s: every delivery of a key, each up to the "
+                "visibility timeout), or a late copy of a trigger sends again"
+            )
+        return problems
+
+    # --- derived values ------------------------------------------------------
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker: ``CELERY_BROKER_URL``, else ``REDIS_URL``."""
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def max_renewal_gap_s(self) -> float:
+        """Longest time between two lease renewals of a live delivery."""
+        return self.clix_request_timeout_s + max(
+            self.clix_backoff_max_s, self.clix_retry_after_max_s
+        )
+
+    @property
+    def delivery_horizon_s(self) -> float:
+        """Longest time one delivery can keep sending (retries plus the last request)."""
+        return self.clix_retry_deadline_s + self.max_renewal_gap_s
+
+    @property
+    def retry_horizon_s(self) -> float:
+        """Longest time copies of one trigger can keep arriving through redelivery."""
+        per_delivery = max(self.delivery_horizon_s, self.clix_visibility_timeout_s)
+        return per_delivery * (self.clix_redelivery_limit + 1)
+
+    def require_credentials(self) -> tuple[str, SecretStr]:
+        """Return ``(project_id, api_key)`` or raise naming the missing variable."""
+        missing = [
+            name
+            for name, value in (
+                ("CLIX_PROJECT_ID", self.clix_project_id),
+                ("CLIX_API_KEY", self.clix_api_key and self.clix_api_key.get_secret_value()),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"{' and '.join(missing)} must be set for a worker that sends triggers "
+                "(environment variable or .env file)"
+            )
+        assert self.clix_project_id is not None
+        assert self.clix_api_key is not None
+        return self.clix_project_id, self.clix_api_key
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load settings once per process; raise :class:`ConfigurationError` when invalid."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+
+
+def _describe(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    assert isinstance(exc, ValidationError)
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in error["loc"]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}" if where else message)
+    return "invalid settings: " + "; ".join(lines)

@@ -1,0 +1,111 @@
+"""Per-process resources: the clients one run of ``trigger_campaign`` needs.
+
+Built once per worker process *after* fork (a Redis connection pool or an
+httpx pool shared across fork is corrupted by the first child that uses it)
+and handed to the task's steps as arguments. :func:`current` builds lazily and
+rebuilds when it notices it is in a new process, so the solo pool, the
+prefork pool and tests all get one context per process without import-time
+side effects.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from config.keys import KeySpace
+from config.settings import Settings, get_settings
+from tasks.client import ClixClient
+from tasks.dlq import DeadLetterQueue
+from tasks.idempotency import IdempotencyStore
+
+__all__ = ["WorkerContext", "current", "redis_client", "reset"]
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    """Everything a delivery uses, built once per process."""
+
+    settings: Settings
+    conn: redis.Redis
+    store: IdempotencyStore
+    dlq: DeadLetterQueue
+    clix: ClixClient
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        redis_conn: redis.Redis | None = None,
+        clix: ClixClient | None = None,
+    ) -> WorkerContext:
+        """Wire the store, DLQ and Clix client; arguments replace the real clients in tests."""
+        conn = redis_conn if redis_conn is not None else redis_client(settings)
+        keys = KeySpace(settings.clix_key_prefix)
+        return cls(
+            settings=settings,
+            conn=conn,
+            store=IdempotencyStore(
+                conn,
+                keys,
+                lease_ms=int(settings.clix_lease_s * 1000),
+                ttl_s=settings.clix_idempotency_ttl_s,
+            ),
+            dlq=DeadLetterQueue(conn, keys, ttl_s=settings.clix_idempotency_ttl_s),
+            clix=clix if clix is not None else ClixClient.from_settings(settings),
+        )
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.clix.close()
+        self.conn.close()
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client for the store, the DLQ and the limiter (one pool per process)."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        # No redis-py retries: a failed store call puts the message back on the
+        # queue (tasks.errors.route_for), the one place that decides retries.
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+_lock = threading.Lock()
+_context: WorkerContext | None = None
+_pid: int | None = None
+
+
+def current() -> WorkerContext:
+    """This process's context, built on first use."""
+    global _context, _pid
+    with _lock:
+        if _context is None or _pid != os.getpid():
+            _context = WorkerContext.build(get_settings())
+            _pid = os.getpid()
+        return _context
+
+
+def install(context: WorkerContext) -> None:
+    """Use ``context`` in this process (start-up wiring and tests)."""
+    global _context, _pid
+    with _lock:
+        _context, _pid = context, os.getpid()
+
+
+def reset() -> None:
+    """Drop this process's context, closing it."""
+    global _context, _pid
+    with _lock:
+        if _context is not None and _pid == os.getpid():
+            _context.close()
+        _context, _pid = None, None

@@ -1,0 +1,251 @@
+"""The idempotency store: an execution-time ledger in Redis, one entry per scope.
+
+A scope (project, campaign, idempotency key) is in one of these states::
+
+    (nothing) --claim: SET NX PX--> in flight (lease, owner "task_id|nonce")
+    in flight --commit-----------> done (trigger_id, TTL)
+    in flight --release----------> (nothing)         retryable failure, requeued
+    in flight --dead-letter------> dead (DLQ entry id, TTL)   see tasks.dlq
+    in flight --lease expires----> (nothing)         the owner died
+
+What a delivery does with each answer of :meth:`IdempotencyStore.claim`:
+
+* ``CLAIMED``: it owns the scope and may send;
+* ``DONE`` / ``DEAD``: acknowledge; the stored ``trigger_id`` is the result;
+* ``OWN_LIVE``: a copy of the *same* message (same task id) holds a live
+  lease; that first delivery is still running, so wait and claim again;
+* ``OTHER``: a *different* message holds the scope; acknowledge as duplicate.
+
+Every write after the claim compares the owner atomically (Lua), so a delivery
+that lost its lease cannot commit or release someone else's claim. Before each
+HTTP attempt the owner renews its lease and marks the scope ``sending``; a
+claim that finds ``sending`` set took over from an owner that died mid-request,
+which is the one ambiguous duplicate the system allows: it is flagged so the
+caller counts and logs it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import redis
+
+from config.keys import KeySpace, Scope
+
+__all__ = ["Claim", "ClaimState", "IdempotencyStore", "Status", "new_owner"]
+
+# KEYS: lease, done, dead, meta.  ARGV: owner, lease_ms, ttl_s, now_s, task_id
+_CLAIM = """
+local done = redis.call('GET', KEYS[2])
+if done then return {'done', done} end
+local dead = redis.call('GET', KEYS[3])
+if dead then return {'dead', dead} end
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  local holder_task = string.match(holder, '^(.*)|[^|]*$') or holder
+  if holder_task == ARGV[5] then
+    return {'own_live', tostring(redis.call('PTTL', KEYS[1]))}
+  end
+  return {'other', holder_task}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+local deliveries = redis.call('HINCRBY', KEYS[4], 'deliveries', 1)
+local was_sending = redis.call('HGET', KEYS[4], 'sending') or '0'
+redis.call('HSETNX', KEYS[4], 'first_seen', ARGV[4])
+redis.call('HSET', KEYS[4], 'sending', '0')
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+local attempts = redis.call('HGET', KEYS[4], 'attempts') or '0'
+return {'claimed', tostring(deliveries), was_sending, attempts,
+        redis.call('HGET', KEYS[4], 'first_seen')}
+"""
+
+# Before an HTTP attempt. ARGV: owner, lease_ms, ttl_s
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[4], 'sending', '1')
+local attempts = redis.call('HINCRBY', KEYS[4], 'attempts', 1)
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+return attempts
+"""
+
+# After an attempt Clix certainly did not accept. ARGV: owner
+_NOT_SENT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[4], 'sending', '0')
+return 1
+"""
+
+# ARGV: owner, done_json, ttl_s
+_COMMIT = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[4], 'sending', '0')
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+return 1
+"""
+
+# ARGV: owner
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+class ClaimState(enum.Enum):
+    """Answers of :meth:`IdempotencyStore.claim`."""
+
+    CLAIMED = "claimed"
+    DONE = "done"
+    DEAD = "dead"
+    OWN_LIVE = "own_live"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of one claim."""
+
+    state: ClaimState
+    deliveries: int = 0
+    attempts: int = 0
+    took_over_mid_request: bool = False
+    trigger_id: str | None = None
+    dead_entry_id: str | None = None
+    lease_left_ms: int = 0
+    first_seen: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What the ledger knows about a scope (for ``clix-worker status``)."""
+
+    state: str  # "in_flight" | "done" | "unknown"
+    trigger_id: str | None = None
+    dead_entry_id: str | None = None
+
+
+def new_owner(task_id: str) -> str:
+    """Owner token of one delivery: the task id plus a nonce unique to this delivery."""
+    return f"{task_id}|{uuid.uuid4().hex[:12]}"
+
+
+class IdempotencyStore:
+    """The ledger. ``redis`` is built once per process and injected."""
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        keys: KeySpace,
+        *,
+        lease_ms: int,
+        ttl_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis_client
+        self.keys = keys
+        self.lease_ms = lease_ms
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._claim = redis_client.register_script(_CLAIM)
+        self._renew = redis_client.register_script(_RENEW)
+        self._not_sent = redis_client.register_script(_NOT_SENT)
+        self._commit = redis_client.register_script(_COMMIT)
+        self._release = redis_client.register_script(_RELEASE)
+
+    def claim(self, scope: Scope, owner: str) -> Claim:
+        """Try to become the one delivery allowed to send for ``scope``."""
+        task_id = owner.rpartition("|")[0] or owner
+        reply: list[Any] = self._claim(
+            keys=self.keys.scope_keys(scope),
+            args=[owner, self.lease_ms, self.ttl_s, f"{self._clock():.3f}", task_id],
+        )
+        state = ClaimState(_text(reply[0]))
+        if state is ClaimState.DONE:
+            return Claim(state, trigger_id=json.loads(_text(reply[1]))["trigger_id"])
+        if state is ClaimState.DEAD:
+            return Claim(state, dead_entry_id=_text(reply[1]))
+        if state is ClaimState.OWN_LIVE:
+            return Claim(state, lease_left_ms=max(0, int(reply[1])))
+        if state is ClaimState.OTHER:
+            return Claim(state)
+        return Claim(
+            state,
+            deliveries=int(reply[1]),
+            took_over_mid_request=_text(reply[2]) == "1",
+            attempts=int(reply[3]),
+            first_seen=float(reply[4]),
+        )
+
+    def renew(self, scope: Scope, owner: str) -> int | None:
+        """Before an attempt: extend the lease, mark ``sending``; return the attempt count.
+
+        ``None`` means the scope is no longer ours (done, dead, or another owner).
+        """
+        attempts = int(
+            self._renew(keys=self.keys.scope_keys(scope), args=[owner, self.lease_ms, self.ttl_s])
+        )
+        return None if attempts < 0 else attempts
+
+    def not_sent(self, scope: Scope, owner: str) -> None:
+        """After an attempt Clix certainly did not accept: clear ``sending``."""
+        self._not_sent(keys=self.keys.scope_keys(scope), args=[owner])
+
+    def commit(self, scope: Scope, owner: str, trigger_id: str) -> bool:
+        """Record the scope as done; ``False`` if another owner holds it now."""
+        done = json.dumps({"trigger_id": trigger_id, "done_at": round(self._clock(), 3)})
+        return bool(self._commit(keys=self.keys.scope_keys(scope), args=[owner, done, self.ttl_s]))
+
+    def release(self, scope: Scope, owner: str) -> bool:
+        """Give the claim up (retryable failure); only the owner can."""
+        return bool(self._release(keys=self.keys.scope_keys(scope), args=[owner]))
+
+    def meta(self, scope: Scope) -> dict[str, str]:
+        """The scope's counters (deliveries, attempts, first_seen)."""
+        raw = self.redis.hgetall(self.keys.meta(scope))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def status(self, scope: Scope) -> Status:
+        """The scope's state as ``status`` shows it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.done(scope))
+        pipe.exists(self.keys.lease(scope))
+        pipe.get(self.keys.dead(scope))
+        done, leased, dead = pipe.execute()
+        if done is not None:
+            return Status("done", trigger_id=json.loads(_text(done))["trigger_id"])
+        if leased:
+            return Status("in_flight")
+        return Status("unknown", dead_entry_id=_text(dead) if dead is not None else None)
+
+    def projects_for(self, campaign_id: str, idempotency_key: str) -> list[str]:
+        """Projects that have ledger state for this campaign and key (a SCAN: ops use only)."""
+        projects: set[str] = set()
+        for state in ("done", "lease", "dead"):
+            pattern = self.keys.scope_pattern(state, campaign_id, idempotency_key)
+            for key in self.redis.scan_iter(match=pattern, count=1000):
+                projects.add(unquote(_text(key).split(":")[-3]))
+        return sorted(projects)
+
+    def count(self, counter: str, amount: int = 1) -> int:
+        """Increment a fleet-wide counter (``ambiguous_duplicates``...)."""
+        return int(self.redis.hincrby(self.keys.stats, counter, amount))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

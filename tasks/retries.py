@@ -1,0 +1,91 @@
+"""The HTTP retry policy: the one owner of resending a request to Clix.
+
+tenacity resends on :func:`tasks.errors.is_transient` errors only (5xx, 429,
+network errors), with exponential backoff and jitter, bounded by attempts and
+by total time; a 4xx other than 429 is never resent. Nothing else retries: no
+Celery autoretry, no redis-py retry on top of this.
+
+The wait is "equal jitter": half of the exponential step is fixed and half is
+random, so a wait is never zero (Celery's full jitter can be) yet a fleet that
+failed together does not resend together. A 429 waits what ``Retry-After``
+says, capped by ``CLIX_RETRY_AFTER_MAX_S``.
+
+The sleep function is a constructor argument (tests pass a recorder).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_before_delay
+from tenacity.wait import wait_base
+
+from config.settings import Settings
+from tasks.errors import RateLimited, is_transient
+
+__all__ = ["RetryPolicy", "backoff_wait"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounds of resending one trigger within one delivery."""
+
+    max_attempts: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 8.0
+    deadline_s: float = 30.0
+    retry_after_max_s: float = 20.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The policy configured by ``CLIX_MAX_ATTEMPTS`` and friends."""
+        return cls(
+            max_attempts=settings.clix_max_attempts,
+            backoff_initial_s=settings.clix_backoff_initial_s,
+            backoff_max_s=settings.clix_backoff_max_s,
+            deadline_s=settings.clix_retry_deadline_s,
+            retry_after_max_s=settings.clix_retry_after_max_s,
+        )
+
+    def retrying(
+        self,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        before_sleep: Callable[[RetryCallState], None] | None = None,
+    ) -> Retrying:
+        """A tenacity controller for one delivery (build one per call: it keeps state)."""
+        return Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_s),
+            wait=backoff_wait(self, rng or random.Random()),
+            sleep=sleep,
+            reraise=True,  # the last real error, not tenacity's RetryError
+            before_sleep=before_sleep,
+        )
+
+
+class backoff_wait(wait_base):
+    """Equal-jitter exponential backoff, or ``Retry-After`` for a 429."""
+
+    def __init__(self, policy: RetryPolicy, rng: random.Random) -> None:
+        self.policy = policy
+        self.rng = rng
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+            return float(min(exc.retry_after_s, self.policy.retry_after_max_s))
+        step = min(
+            self.policy.backoff_max_s,
+            self.policy.backoff_initial_s * 2 ** (retry_state.attempt_number - 1),
+        )
+        return float(step / 2 + self.rng.uniform(0, step / 2))

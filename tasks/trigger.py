@@ -1,0 +1,276 @@
+"""``trigger_campaign``: one delivery of one trigger, the data flow of DESIGN.md section 3.
+
+::
+
+    1. parse + validate kwargs          invalid          -> DLQ invalid_payload
+    2. claim the scope in the ledger    done / dead      -> ack, stored result
+                                        other message    -> ack as duplicate
+                                        own copy running -> wait, claim again
+                                        delivered > N    -> DLQ redelivery_limit
+    3. POST to Clix (retries inside)    final 4xx        -> DLQ rejected
+                                        budget spent     -> DLQ retries_exhausted
+    4. commit done(trigger_id) and ack
+    anything else (Redis down, a bug)  -> release the claim, requeue the message
+
+The message is acknowledged (the task returns or raises :class:`DeadLettered`)
+only after its outcome is in Redis. The task class validates in the producer,
+so ``trigger_campaign.delay(...)`` raises for a bad trigger before anything is
+queued, and sets a ``kwargsrepr`` so Flower shows a summary, not the payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+
+from config.celery_app import TASK_NAME, app
+from config.keys import Scope
+from tasks import context
+from tasks.client import is_ambiguous
+from tasks.errors import (
+    ClaimBusy,
+    ClaimLost,
+    ClixError,
+    DeadLettered,
+    InvalidTrigger,
+    RedeliveryLimit,
+    Route,
+    route_for,
+)
+from tasks.idempotency import Claim, ClaimState, new_owner
+from tasks.models import TriggerRequest
+
+__all__ = ["Delivery", "RequeueMessage", "TriggerTask", "trigger_campaign"]
+
+logger = logging.getLogger("clix.trigger")
+
+#: Pause before requeueing after an infrastructure error, so a Redis outage
+#: does not become a hot redelivery loop.
+REQUEUE_PAUSE_S = 1.0
+
+
+def summary(kwargs: dict[str, Any]) -> str:
+    """What Flower and logs show for a trigger: ids and property names, no values."""
+    props = kwargs.get("properties")
+    names = sorted(props) if isinstance(props, dict) else []
+    return (
+        f"{{'campaign_id': {kwargs.get('campaign_id')!r}, "
+        f"'idempotency_key': {kwargs.get('idempotency_key')!r}, "
+        f"'properties': {names!r}}}"
+    )
+
+
+class TriggerTask(Task):  # type: ignore[misc]
+    """Celery task class that validates triggers before they are published."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    typing = False  # the worker validates kwargs itself and dead-letters bad ones
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, **options: Any
+    ) -> Any:  # returns celery.result.AsyncResult
+        """Validate, then publish; raise :class:`InvalidTrigger` naming the field."""
+        if args:
+            raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
+        trigger = TriggerRequest.parse(kwargs if kwargs is not None else {})
+        clean = trigger.to_kwargs()
+        options.setdefault("argsrepr", "()")
+        options.setdefault("kwargsrepr", summary(clean))
+        return super().apply_async((), clean, **options)
+
+
+@app.task(bind=True, base=TriggerTask, name=TASK_NAME)  # type: ignore[untyped-decorator]
+def trigger_campaign(self: TriggerTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Deliver one trigger to Clix; return ``{"trigger_id", "deduplicated"}``."""
+    delivery = Delivery(context.current(), self.request.id, args, kwargs)
+    try:
+        return delivery.run()
+    except RequeueMessage as requeue:
+        raise Reject(str(requeue), requeue=True) from None
+
+
+class RequeueMessage(Exception):
+    """The delivery gave its claim back; the broker must deliver the message again."""
+
+
+class Delivery:
+    """One delivery of one message. Build per message; the context is per process."""
+
+    def __init__(
+        self,
+        ctx: context.WorkerContext,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.ctx = ctx
+        self.task_id = task_id
+        self.args = args
+        self.kwargs = kwargs
+        self.sleep = sleep
+        self.owner = new_owner(task_id)
+        self.project_id, _ = ctx.settings.require_credentials()
+        self.trigger: TriggerRequest | None = None
+        self.scope: Scope | None = None
+        self.claim: Claim | None = None
+        self.attempts = 0
+        self._last_ambiguous = False
+        self._started = time.monotonic()
+        self.fields: dict[str, Any] = {
+            "task_id": task_id,
+            "campaign_id": kwargs.get("campaign_id"),
+            "idempotency_key": kwargs.get("idempotency_key"),
+        }
+
+    def run(self) -> dict[str, Any]:
+        """Deliver; return the result, raise :class:`DeadLettered` or :class:`RequeueMessage`."""
+        try:
+            return self._deliver()
+        except DeadLettered:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error is routed, none escapes
+            return self._route(exc)
+
+    def _deliver(self) -> dict[str, Any]:
+        if self.args:
+            raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
+        trigger = self.trigger = TriggerRequest.parse(self.kwargs)
+        scope = self.scope = Scope(self.project_id, trigger.campaign_id, trigger.idempotency_key)
+        claim = self.claim = self._claim(scope)
+        if claim.state is not ClaimState.CLAIMED:
+            self._log(
+                "deduplicated",
+                claim=claim.state.value,
+                trigger_id=claim.trigger_id,
+                dead_letter_id=claim.dead_entry_id,
+            )
+            return {"trigger_id": claim.trigger_id, "deduplicated": True}
+        self.attempts = claim.attempts
+        if claim.took_over_mid_request:
+            self._ambiguous("took over from a delivery that died mid-request")
+        limit = self.ctx.settings.clix_redelivery_limit
+        if claim.deliveries > limit:
+            raise RedeliveryLimit(
+                f"delivered {claim.deliveries} times (limit {limit}): "
+                "the message keeps killing or failing its worker"
+            )
+        sent = self.ctx.clix.trigger(
+            trigger, before_attempt=self._before_attempt, after_attempt=self._after_attempt
+        )
+        if not self.ctx.store.commit(scope, self.owner, sent.trigger_id):
+            self._ambiguous("another delivery took the scope over while this one was sending")
+        self._log(
+            "sent",
+            trigger_id=sent.trigger_id,
+            attempt=self.attempts,
+            latency_ms=round((time.monotonic() - self._started) * 1000, 1),
+        )
+        return {"trigger_id": sent.trigger_id, "deduplicated": False}
+
+    def _claim(self, scope: Scope) -> Claim:
+        """Claim, waiting while a copy of this same message still runs."""
+        settings = self.ctx.settings
+        give_up = time.monotonic() + settings.delivery_horizon_s + settings.clix_lease_s
+        while True:
+            claim = self.ctx.store.claim(scope, self.owner)
+            if claim.state is not ClaimState.OWN_LIVE:
+                return claim
+            if time.monotonic() > give_up:
+                raise ClaimBusy("a copy of this message still holds the claim")
+            self.sleep(min(1.0, claim.lease_left_ms / 1000 + 0.05))
+
+    def _before_attempt(self, number: int) -> None:
+        assert self.scope is not None
+        total = self.ctx.store.renew(self.scope, self.owner)
+        if total is None:
+            raise ClaimLost("the scope was taken over while this delivery was retrying")
+        self.attempts = total
+        if self._last_ambiguous:
+            self._ambiguous("resending after a request whose answer was lost")
+
+    def _after_attempt(self, number: int, error: ClixError | None, latency_ms: float) -> None:
+        assert self.scope is not None
+        self._last_ambiguous = is_ambiguous(error)
+        if error is None:
+            return
+        if not self._last_ambiguous:
+            self.ctx.store.not_sent(self.scope, self.owner)
+        self._log(
+            "attempt_failed",
+            attempt=number,
+            status=error.status_code,
+            error=str(error),
+            latency_ms=round(latency_ms, 1),
+            level=logging.WARNING,
+        )
+
+    def _route(self, exc: Exception) -> dict[str, Any]:
+        decision = route_for(exc)
+        if decision.route is Route.DUPLICATE:
+            self._log("deduplicated", claim="lost")
+            return {"trigger_id": None, "deduplicated": True}
+        if decision.route is Route.DEAD_LETTER and decision.reason is not None:
+            try:
+                entry_id = self._dead_letter(decision.reason, exc)
+            except Exception as dlq_exc:  # noqa: BLE001 - could not make the outcome durable
+                exc = dlq_exc
+            else:
+                raise DeadLettered(entry_id, decision.reason) from None
+        # Our infrastructure failed, not the trigger: give the claim back if we
+        # can and let the broker deliver the message again.
+        self._log("requeued", error=f"{type(exc).__name__}: {exc}", level=logging.ERROR)
+        if self.scope is not None:
+            try:
+                self.ctx.store.release(self.scope, self.owner)
+            except Exception:
+                logger.debug("could not release the claim", exc_info=True)
+        self.sleep(REQUEUE_PAUSE_S)
+        raise RequeueMessage(f"{type(exc).__name__}: {exc}") from None
+
+    def _dead_letter(self, reason: str, exc: Exception) -> str:
+        dlq = self.ctx.dlq
+        entry = dlq.new_entry(
+            reason=reason,
+            error=str(exc),
+            trigger=self.trigger.to_kwargs() if self.trigger else dict(self.kwargs),
+            status_code=getattr(exc, "status_code", None),
+            attempts=self.attempts,
+            first_seen=self.claim.first_seen if self.claim else None,
+            project_id=self.project_id,
+            task_id=self.task_id,
+        )
+        owned = self.claim is not None and self.claim.state is ClaimState.CLAIMED
+        entry_id = dlq.add(entry, scope=self.scope if owned else None, owner=self.owner)
+        self._log(
+            "dead_lettered",
+            reason=reason,
+            status=entry["status_code"],
+            attempt=self.attempts,
+            dead_letter_id=entry_id,
+            error=str(exc),
+            level=logging.ERROR,
+        )
+        return entry_id
+
+    def _ambiguous(self, why: str) -> None:
+        """Count and log the one duplicate send the system allows."""
+        total = self.ctx.store.count("ambiguous_duplicates")
+        self._log("ambiguous_duplicate", why=why, fleet_total=total, level=logging.WARNING)
+
+    def _log(self, outcome: str, level: int = logging.INFO, **more: Any) -> None:
+        event = {"outcome": outcome, **self.fields}
+        event.update((k, v) for k, v in more.items() if v is not None)
+        logger.log(
+            level,
+            "trigger %s",
+            " ".join(f"{k}={v}" for k, v in event.items()),
+            extra={"clix": event},
+        )

@@ -1,0 +1,90 @@
+"""The ``celery -A worker`` entry point: the Celery app, ready to run triggers.
+
+Importing this package registers ``trigger_campaign``, installs the
+dead-lettering consumer and a start-up check. A worker refuses to start (exit
+code 78, ``EX_CONFIG``) when it lacks the Clix credentials or its settings
+contradict each other, naming the variable, instead of failing at the first
+send. Flower (``celery -A worker flower``) imports this too but skips the
+check: it sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import redis
+from celery import bootsteps
+from celery.signals import worker_process_init, worker_process_shutdown
+
+import tasks  # noqa: F401 - registers trigger_campaign on the app
+from config.celery_app import app
+from config.settings import ConfigurationError, get_settings
+from tasks import context
+
+__all__ = ["EX_CONFIG", "app"]
+
+logger = logging.getLogger("clix.worker")
+
+#: Exit code of a worker refused at start-up for its configuration (sysexits.h).
+EX_CONFIG = 78
+
+app.conf.worker_consumer = "worker.consumer:DeadLetteringConsumer"
+
+
+class StartupCheck(bootsteps.Step):  # type: ignore[misc]
+    """Refuse to start a worker that could not send, and warn about a lossy Redis."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        try:
+            settings = get_settings()
+            settings.require_credentials()
+        except ConfigurationError as exc:
+            sys.stderr.write(f"clix-worker: cannot start: {exc}\n")
+            sys.stderr.flush()
+            raise SystemExit(EX_CONFIG) from None
+        warn_about_redis(settings.redis_url)
+        super().__init__(parent, **kwargs)
+
+
+def warn_about_redis(url: str) -> None:
+    """Log a warning when the store's Redis may lose data (no AOF, or eviction on)."""
+    try:
+        conn = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        config = conn.config_get("appendonly")
+        config.update(conn.config_get("maxmemory-policy"))
+        conn.close()
+    except Exception as exc:  # noqa: BLE001 - CONFIG may be disabled on managed Redis
+        logger.info(
+            "could not read the Redis configuration (%s); skipping the persistence check",
+            type(exc).__name__,
+        )
+        return
+    if config.get("appendonly") != "yes":
+        logger.warning(
+            "Redis runs without appendonly: a restart forgets the dedupe ledger, the DLQ and "
+            "(on a Redis broker) queued triggers; set `appendonly yes`"
+        )
+    policy = config.get("maxmemory-policy")
+    if policy not in (None, "noeviction"):
+        logger.warning(
+            "Redis maxmemory-policy is %s: under memory pressure it evicts ledger keys and "
+            "queued triggers; set `maxmemory-policy noeviction`",
+            policy,
+        )
+
+
+app.steps["worker"].add(StartupCheck)
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _build_context(**_: Any) -> None:
+    # After fork: each pool process gets its own Redis and httpx pools.
+    context.reset()
+    context.current()
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _close_context(**_: Any) -> None:
+    context.reset()

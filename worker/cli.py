@@ -1,0 +1,367 @@
+"""``clix-worker``: operational verbs for the trigger pipeline.
+
+Exit codes (DESIGN.md section 4): :data:`RET_OK` success; :data:`RET_FAILED`
+the operation failed or what was checked is invalid (``enqueue`` refusing a
+trigger, ``replay`` of an id not in the DLQ, ``status`` of an unknown key);
+:data:`RET_USAGE` bad usage (unknown option, missing or unreadable file).
+
+None of the inspection verbs (``status``, ``dlq ...``) nor ``enqueue`` need
+the Clix API key.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from config.keys import KeySpace, Scope
+from config.settings import ConfigurationError, Settings, get_settings
+
+__all__ = ["RET_FAILED", "RET_OK", "RET_USAGE", "cli", "main"]
+
+RET_OK = 0
+RET_FAILED = 1
+RET_USAGE = 2
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ConfigurationError as exc:
+        _fail(str(exc), RET_USAGE)
+
+
+def _fail(message: str, code: int = RET_FAILED) -> NoReturn:
+    click.echo(f"clix-worker: {message}", err=True)
+    sys.exit(code)
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    click.echo(json.dumps(data, indent=None, ensure_ascii=False) if as_json else human)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Trigger Clix campaigns from a queue: enqueue, inspect, operate the dead-letter queue."""
+
+
+# --- enqueue ---------------------------------------------------------------
+
+
+def _property(value: str) -> tuple[str, Any]:
+    name, sep, raw = value.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"expected NAME=VALUE, got {value!r}")
+    try:
+        return name, json.loads(raw)  # 3 -> number, true -> boolean
+    except ValueError:
+        return name, raw
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc.strerror}", RET_USAGE)
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except ValueError as exc:
+                yield number, exc
+
+
+@cli.command()
+@click.argument("campaign_id", required=False)
+@click.argument("idempotency_key", required=False)
+@click.option("--broadcast", is_flag=True, help="Send to everyone in the campaign's segment.")
+@click.option("--user", "users", multiple=True, help="Target a project_user_id (repeatable).")
+@click.option("--device", "devices", multiple=True, help="Target a device_id (repeatable).")
+@click.option("--property", "-p", "props", multiple=True, help="NAME=VALUE (JSON or text).")
+@click.option(
+    "--file",
+    "-f",
+    "file",
+    type=click.Path(path_type=Path),
+    help="JSON-lines file, one trigger (task kwargs) per line.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print task ids as JSON.")
+def enqueue(
+    campaign_id: str | None,
+    idempotency_key: str | None,
+    broadcast: bool,
+    users: tuple[str, ...],
+    devices: tuple[str, ...],
+    props: tuple[str, ...],
+    file: Path | None,
+    as_json: bool,
+) -> None:
+    """Validate and enqueue one trigger from flags, or many from --file."""
+    _settings()
+    from tasks.errors import InvalidTrigger
+    from tasks.models import TriggerRequest
+    from tasks.producer import enqueue_many, enqueue_trigger
+
+    if file is not None:
+        if campaign_id or idempotency_key:
+            _fail("give either CAMPAIGN_ID IDEMPOTENCY_KEY or --file, not both", RET_USAGE)
+        if not file.is_file():
+            _fail(f"cannot read {file}: no such file", RET_USAGE)
+        triggers, problems = [], []
+        for number, item in _read_jsonl(file):
+            try:
+                if isinstance(item, Exception):
+                    raise InvalidTrigger([f"not JSON: {item}"])
+                triggers.append(TriggerRequest.parse(item).to_kwargs())
+            except InvalidTrigger as exc:
+                problems.append(f"{file}:{number}: {exc}")
+        if problems:
+            # All or nothing: a half-enqueued file is hard to resume safely.
+            _fail("nothing enqueued:\n" + "\n".join(problems))
+        ids: list[str] = []
+        with click.progressbar(length=len(triggers), label="enqueueing", file=sys.stderr) as bar:
+            for task_id in enqueue_many(triggers):
+                ids.append(task_id)
+                bar.update(1)
+        _emit({"enqueued": len(ids), "task_ids": ids}, as_json, f"enqueued {len(ids)} triggers")
+        return
+
+    if not campaign_id or not idempotency_key:
+        _fail("give CAMPAIGN_ID and IDEMPOTENCY_KEY, or --file", RET_USAGE)
+    audience: dict[str, Any] | None = None
+    if broadcast or users or devices:
+        audience = {}
+        if broadcast:
+            audience["broadcast"] = True
+        targets = [{"project_user_id": u} for u in users] + [{"device_id": d} for d in devices]
+        if targets:
+            audience["targets"] = targets
+    try:
+        properties = dict(_property(p) for p in props) if props else None
+        result = enqueue_trigger(
+            campaign_id, idempotency_key, audience=audience, properties=properties
+        )
+    except click.BadParameter as exc:
+        _fail(f"--property: {exc.message}", RET_USAGE)
+    except InvalidTrigger as exc:
+        _fail(str(exc))
+    _emit({"task_id": result.id}, as_json, f"enqueued task {result.id}")
+
+
+# --- status ----------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("campaign_id")
+@click.argument("idempotency_key")
+@click.option("--project", help="Project id (default CLIX_PROJECT_ID; else any project).")
+@click.option("--json", "as_json", is_flag=True)
+def status(campaign_id: str, idempotency_key: str, project: str | None, as_json: bool) -> None:
+    """Show what happened to a trigger: queued, in_flight, done or unknown."""
+    from tasks.idempotency import Status
+
+    settings = _settings()
+    store = _store(settings)
+    project = project or settings.clix_project_id
+    projects = [project] if project else store.projects_for(campaign_id, idempotency_key)
+    found = Status("unknown")
+    for candidate in projects:
+        found = store.status(Scope(candidate, campaign_id, idempotency_key))
+        if found.state != "unknown" or found.dead_entry_id:
+            break
+    data: dict[str, Any] = {
+        "campaign_id": campaign_id,
+        "idempotency_key": idempotency_key,
+        "state": found.state,
+        "trigger_id": found.trigger_id,
+    }
+    human = f"{found.state}" + (f" trigger_id={found.trigger_id}" if found.trigger_id else "")
+    if found.dead_entry_id:
+        data["dead_letter_id"] = found.dead_entry_id
+        human += f" (dead-lettered as {found.dead_entry_id}; see `clix-worker dlq show`)"
+    _emit(data, as_json, human)
+    sys.exit(RET_FAILED if found.state == "unknown" else RET_OK)
+
+
+# --- dlq -------------------------------------------------------------------
+
+
+@cli.group()
+def dlq() -> None:
+    """List, inspect, replay and purge dead-lettered triggers."""
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    status_code = entry.get("status_code")
+    return (
+        f"{entry['id']}  {entry['reason']:<17} {entry.get('campaign_id') or '-'}  "
+        f"{entry.get('idempotency_key') or '-'}  status={status_code if status_code else '-'}  "
+        f"attempts={entry.get('attempts')}  {entry.get('failed_at')}\n    {entry.get('error')}"
+    )
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most N entries.")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(limit: int | None, as_json: bool) -> None:
+    """Entries, oldest first."""
+    entries = _dlq(_settings()).entries(limit)
+    human = "\n".join(_describe(e) for e in entries) or "the dead-letter queue is empty"
+    _emit(entries, as_json, human)
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_show(entry_id: str, as_json: bool) -> None:
+    """One entry in full."""
+    entry = _dlq(_settings()).get(entry_id)
+    if entry is None:
+        _fail(f"no DLQ entry with id {entry_id!r}")
+    _emit(entry, as_json, json.dumps(entry, indent=2, ensure_ascii=False))
+
+
+def _selected(queue: Any, ids: tuple[str, ...], select_all: bool) -> list[str]:
+    if bool(ids) == select_all:
+        _fail("name entry ids or --all (one of the two)", RET_USAGE)
+    return list(queue.ids()) if select_all else list(ids)
+
+
+@dlq.command("replay")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "select_all", is_flag=True, help="Replay every entry.")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_replay(entry_ids: tuple[str, ...], select_all: bool, as_json: bool) -> None:
+    """Enqueue entries again (unchanged) and remove them from the DLQ."""
+    from tasks.errors import InvalidTrigger, ReplayRefused
+    from tasks.trigger import trigger_campaign
+
+    queue = _dlq(_settings())
+    results: list[dict[str, Any]] = []
+    failed = False
+    for entry_id in _selected(queue, entry_ids, select_all):
+        try:
+            task_id = queue.replay(
+                entry_id, lambda kwargs: str(trigger_campaign.apply_async(kwargs=kwargs).id)
+            )
+            results.append({"id": entry_id, "replayed": True, "task_id": task_id})
+        except (ReplayRefused, InvalidTrigger) as exc:
+            failed = True
+            results.append({"id": entry_id, "replayed": False, "error": str(exc)})
+    human = (
+        "\n".join(
+            f"{r['id']}: replayed as task {r['task_id']}"
+            if r["replayed"]
+            else f"{r['id']}: not replayed: {r['error']}"
+            for r in results
+        )
+        or "nothing to replay"
+    )
+    _emit(results, as_json, human)
+    sys.exit(RET_FAILED if failed else RET_OK)
+
+
+@dlq.command("purge")
+@click.argument("entry_ids", nargs=-1)
+@click.option("--all", "select_all", is_flag=True, help="Purge every entry.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_purge(entry_ids: tuple[str, ...], select_all: bool, yes: bool, as_json: bool) -> None:
+    """Delete entries for good."""
+    queue = _dlq(_settings())
+    ids = _selected(queue, entry_ids, select_all)
+    if (
+        ids
+        and not yes
+        and not click.confirm(f"Delete {len(ids)} dead-lettered trigger(s) for good?", err=True)
+    ):
+        _fail("nothing purged")
+    removed = queue.purge(ids)
+    missing = [i for i in ids if i not in removed]
+    human = f"purged {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}" + (
+        f"; not in the DLQ: {', '.join(missing)}" if missing else ""
+    )
+    _emit({"purged": removed, "missing": missing}, as_json, human)
+    sys.exit(RET_FAILED if missing else RET_OK)
+
+
+# --- processes ---------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sandbox(args: tuple[str, ...]) -> None:
+    """Run the local Clix-compatible sandbox server (see `clix-worker sandbox --help`)."""
+    from worker.sandbox import main as sandbox_main
+
+    sys.exit(sandbox_main(list(args)))
+
+
+@cli.command()
+@click.option("--flower-port", default=5555, show_default=True)
+@click.option("--concurrency", "-c", default=2, show_default=True)
+@click.option(
+    "--demo/--no-demo",
+    default=True,
+    show_default=True,
+    help="Enqueue one demo trigger and print its result.",
+)
+@click.option("--exit-after-demo", is_flag=True, help="Stop once the demo trigger is done.")
+def up(flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool) -> None:
+    """Run everything on embedded defaults: Redis, sandbox (without credentials), worker, Flower."""
+    from worker.quickstart import run
+
+    sys.exit(
+        run(
+            flower_port=flower_port,
+            concurrency=concurrency,
+            demo=demo,
+            exit_after_demo=exit_after_demo,
+        )
+    )
+
+
+def _store(settings: Settings) -> Any:
+    from tasks.context import redis_client
+    from tasks.idempotency import IdempotencyStore
+
+    return IdempotencyStore(
+        redis_client(settings),
+        KeySpace(settings.clix_key_prefix),
+        lease_ms=int(settings.clix_lease_s * 1000),
+        ttl_s=settings.clix_idempotency_ttl_s,
+    )
+
+
+def _dlq(settings: Settings) -> Any:
+    from tasks.context import redis_client
+    from tasks.dlq import DeadLetterQueue
+
+    return DeadLetterQueue(
+        redis_client(settings),
+        KeySpace(settings.clix_key_prefix),
+        ttl_s=settings.clix_idempotency_ttl_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    import redis
+
+    try:
+        cli.main(args=argv, prog_name="clix-worker", standalone_mode=True)
+    except redis.RedisError as exc:
+        click.echo(
+            f"clix-worker: Redis error ({type(exc).__name__}): {exc}; check REDIS_URL", err=True
+        )
+        return RET_FAILED
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else RET_FAILED
+    return RET_OK

