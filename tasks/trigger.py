@@ -20,6 +20,7 @@ queued, and sets a ``kwargsrepr`` so Flower shows a summary, not the payload.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -70,6 +71,9 @@ class TriggerTask(Task):  # type: ignore[misc]
 
     acks_late = True
     reject_on_worker_lost = True
+    # Dead-lettering is an expected outcome: the task is marked failed, but the
+    # worker logs our one structured line instead of a traceback.
+    throws = (DeadLettered,)
     typing = False  # the worker validates kwargs itself and dead-letters bad ones
 
     def apply_async(
@@ -241,6 +245,10 @@ class Delivery:
             reason=reason,
             error=str(exc),
             trigger=self.trigger.to_kwargs() if self.trigger else dict(self.kwargs),
+            # positional arguments have no place in a trigger: keep them for inspection
+            raw=json.dumps({"args": self.args, "kwargs": self.kwargs}, default=repr)
+            if self.args
+            else None,
             status_code=getattr(exc, "status_code", None),
             attempts=self.attempts,
             first_seen=self.claim.first_seen if self.claim else None,

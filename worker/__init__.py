@@ -31,6 +31,8 @@ logger = logging.getLogger("clix.worker")
 EX_CONFIG = 78
 
 app.conf.worker_consumer = "worker.consumer:DeadLetteringConsumer"
+# httpx logs every request at INFO; the task logs one structured line per outcome.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class StartupCheck(bootsteps.Step):  # type: ignore[misc]

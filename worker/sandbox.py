@@ -350,7 +350,11 @@ class SandboxServer:
         if not (length.isascii() and length.isdigit()):
             raise _BadRequest(400, "invalid Content-Length")
         size = int(length)
-        if size and size <= _MAX_DISCARD_BYTES and "100-continue" in headers.get("expect", ""):
+        if (
+            size
+            and size <= _MAX_DISCARD_BYTES
+            and "100-continue" in headers.get("expect", "").lower()
+        ):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits 1 s for this otherwise
         if size > MAX_BODY_BYTES:
             request.too_large = True

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -409,8 +410,67 @@ def test_connection_close_is_honoured(server: Any, client: httpx.Client) -> None
     answer = trigger(client, headers={**AUTH, "Connection": "close"})
     assert answer.status_code == 200
     assert answer.headers["connection"] == "close"
-    assert trigger(client).status_code == 200
+    again = trigger(client)
+    assert again.status_code == 200
+    assert again.headers["connection"] == "keep-alive"
     assert server.server.connections_total == 2
+
+
+def _raw_exchange(server: Any, data: bytes, until: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while until not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_expect_100_continue_is_answered_before_the_body(server: Any) -> None:
+    head = (
+        "POST /api/v1/campaigns/c1:trigger HTTP/1.1\r\nHost: x\r\n"
+        f"X-Clix-Project-ID: {PROJECT}\r\nX-Clix-API-Key: {SECRET}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"{}")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_http10_keep_alive_gets_an_explicit_keep_alive_header(server: Any) -> None:
+    request = (
+        "POST /api/v1/campaigns/c1:trigger HTTP/1.0\r\nConnection: keep-alive\r\n"
+        f"X-Clix-Project-ID: {PROJECT}\r\nX-Clix-API-Key: {SECRET}\r\n\r\n"
+    ).encode()
+
+    answer = _raw_exchange(server, request * 2, b"}HTTP/1.1 200 OK")
+
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2  # pipelined on one connection
+    assert b"Connection: keep-alive\r\n" in answer
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+    ],
+    ids=["bad-request-line", "bad-header", "bad-length", "chunked", "huge-headers"],
+)
+def test_broken_framing_is_answered_and_the_connection_closed(
+    server: Any, request_bytes: bytes, status: bytes
+) -> None:
+    answer = _raw_exchange(server, request_bytes, b"\x00never")
+
+    assert answer.startswith(b"HTTP/1.1 " + status)
+    assert b"Connection: close\r\n" in answer
 
 
 def test_latency_is_added_to_every_trigger_request() -> None:
