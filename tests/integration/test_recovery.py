@@ -1,0 +1,113 @@
+"""Workers die (SIGKILL) and deliveries outlive the visibility timeout: nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.conftest import Fleet
+from tests.integration.processes import SandboxProcess, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _done(fleet: Fleet, campaign: str, key: str) -> str | None:
+    status = fleet.store.status(fleet.scope(campaign, key))
+    return status.trigger_id if status.state == "done" else None
+
+
+def _sending(fleet: Fleet, campaign: str, key: str) -> bool:
+    return fleet.store.meta(fleet.scope(campaign, key)).get("sending") == "1"
+
+
+def _ambiguous(fleet: Fleet) -> int:
+    return int(fleet.redis().hget(fleet.keys.stats, "ambiguous_duplicates") or 0)
+
+
+def test_trigger_in_flight_on_a_killed_worker_is_delivered_by_another_within_120_s(
+    own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str
+) -> None:
+    fleet = own_fleet(fast=False)  # the recovery promise is made for default settings
+    first = fleet.start_worker()
+    sandbox.script(campaign, {"status": 200, "delay_ms": 4000})
+    fleet.send(campaign_id=campaign, idempotency_key="k")
+    wait_until(lambda: _sending(fleet, campaign, "k"), 30, "the request to be in flight")
+    first.kill()
+    killed_at = time.monotonic()
+    fleet.start_worker()
+
+    trigger_id = wait_until(lambda: _done(fleet, campaign, "k"), 125, "redelivery", every_s=0.5)
+    assert time.monotonic() - killed_at < 120
+    requests = sandbox.requests(campaign)
+    assert trigger_id == requests[-1]["trigger_id"]
+    # The killed request may have reached Clix: that is the one allowed duplicate, counted.
+    assert 1 <= len(requests) <= 2
+    assert _ambiguous(fleet) >= len(requests) - 1
+    assert fleet.dlq.entries() == []
+
+
+def test_killed_pool_process_is_requeued_and_delivered_once_its_lease_expires(
+    own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str
+) -> None:
+    fleet = own_fleet()
+    worker = fleet.start_worker(concurrency=1)
+    sandbox.script(campaign, {"status": 200, "delay_ms": 3000})
+    fleet.send(campaign_id=campaign, idempotency_key="k")
+    wait_until(lambda: _sending(fleet, campaign, "k"), 30, "the request to be in flight")
+    children = [
+        int(p)
+        for p in open(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children").read().split()
+    ]
+    assert children, "the prefork pool has a child process"
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+
+    trigger_id = wait_until(lambda: _done(fleet, campaign, "k"), 60, "redelivery", every_s=0.25)
+    requests = sandbox.requests(campaign)
+    assert trigger_id == requests[-1]["trigger_id"]
+    assert len(requests) <= 2
+    assert _ambiguous(fleet) >= len(requests) - 1
+    assert worker.proc.poll() is None
+    assert (
+        "WorkerLostError" in worker.log()
+        or "exited with" in worker.log()
+        or "SIGKILL" in worker.log()
+    )
+    assert fleet.dlq.entries() == []
+
+
+def test_delivery_that_outlives_the_visibility_timeout_is_not_sent_twice(
+    own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str
+) -> None:
+    fleet = own_fleet(
+        CLIX_VISIBILITY_TIMEOUT_S="6",
+        CLIX_LEASE_S="5",
+        CLIX_UNACKED_RESTORE_INTERVAL_S="1",
+        CLIX_REQUEST_TIMEOUT_S="2",
+        CLIX_BACKOFF_INITIAL_S="0.5",
+        CLIX_BACKOFF_MAX_S="1",
+        CLIX_RETRY_AFTER_MAX_S="1",
+        CLIX_MAX_ATTEMPTS="8",
+        CLIX_RETRY_DEADLINE_S="30",
+    )
+    worker = fleet.start_worker(concurrency=2)
+    sandbox.script(campaign, *[{"status": 503, "delay_ms": 1500}] * 5)
+    task_id = fleet.send(campaign_id=campaign, idempotency_key="slow")
+
+    trigger_id = wait_until(lambda: _done(fleet, campaign, "slow"), 60, "the slow delivery")
+    statuses = [r["status"] for r in sandbox.requests(campaign)]
+    assert statuses == [503] * 5 + [200]
+    assert sandbox.requests(campaign)[-1]["trigger_id"] == trigger_id
+    # the broker really did hand the message out again while it was running
+    wait_until(
+        lambda: worker.log().count(f"Task trigger_campaign[{task_id}] received") >= 2,
+        20,
+        "a second delivery of the same message",
+    )
+    time.sleep(2)  # let every copy finish
+    assert [r["status"] for r in sandbox.requests(campaign)] == [503] * 5 + [200]
+    assert fleet.dlq.entries() == []
