@@ -60,7 +60,8 @@ class RedisServer:
         self.binary, self.kind = found
         self.port = port or free_port()
         self._own_dir = directory is None
-        self.directory = directory or Path(tempfile.mkdtemp(prefix="clix-redis-"))
+        # absolute: redis-server changes into --dir before it opens --logfile
+        self.directory = (directory or Path(tempfile.mkdtemp(prefix="clix-redis-"))).resolve()
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -1,0 +1,422 @@
+"""The idempotency ledger on fakeredis: claim states, leases, owner-only writes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import fakeredis
+import pytest
+
+from config.keys import KeySpace, Scope
+from tasks.dlq import DeadLetterQueue
+from tasks.idempotency import ClaimState, IdempotencyStore, new_owner
+
+SHORT_LEASE_MS = 50
+
+
+@pytest.fixture
+def short_store(fake_redis: fakeredis.FakeRedis, keys: KeySpace) -> IdempotencyStore:
+    return IdempotencyStore(fake_redis, keys, lease_ms=SHORT_LEASE_MS, ttl_s=3_600)
+
+
+def let_lease_expire() -> None:
+    time.sleep(SHORT_LEASE_MS * 2 / 1000)
+
+
+# --- owners ------------------------------------------------------------------------
+
+
+def test_new_owner_is_task_id_plus_a_fresh_nonce() -> None:
+    a, b = new_owner("task-1"), new_owner("task-1")
+    assert a != b
+    assert a.rpartition("|")[0] == b.rpartition("|")[0] == "task-1"
+
+
+# --- claim states ----------------------------------------------------------------
+
+
+def test_first_claim_is_claimed_with_one_delivery_and_no_attempts(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    claim = store.claim(scope, owner)
+    assert claim.state is ClaimState.CLAIMED
+    assert claim.deliveries == 1
+    assert claim.attempts == 0
+    assert claim.took_over_mid_request is False
+    assert fake_redis.get(keys.lease(scope)) == owner.encode()
+    assert 0 < fake_redis.pttl(keys.lease(scope)) <= 30_000
+
+
+def test_claim_after_commit_is_done_with_the_stored_trigger_id(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.commit(scope, owner, "trg-42") is True
+    for task_id in ("task-1", "task-2"):
+        claim = store.claim(scope, new_owner(task_id))
+        assert claim.state is ClaimState.DONE
+        assert claim.trigger_id == "trg-42"
+
+
+def test_copy_of_the_same_message_sees_own_live_while_the_lease_lives(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    store.claim(scope, new_owner("task-1"))
+    claim = store.claim(scope, new_owner("task-1"))
+    assert claim.state is ClaimState.OWN_LIVE
+    assert 0 < claim.lease_left_ms <= 30_000
+    assert claim.deliveries == 0
+
+
+def test_different_message_with_the_same_key_sees_other(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    store.claim(scope, new_owner("task-1"))
+    assert store.claim(scope, new_owner("task-2")).state is ClaimState.OTHER
+
+
+def test_task_id_containing_a_bar_is_still_recognised_as_its_own(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    store.claim(scope, new_owner("a|b"))
+    assert store.claim(scope, new_owner("a|b")).state is ClaimState.OWN_LIVE
+    assert store.claim(scope, new_owner("a")).state is ClaimState.OTHER
+
+
+def test_claim_after_dead_lettering_is_dead_with_the_entry_id(
+    store: IdempotencyStore, dlq: DeadLetterQueue, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry = dlq.new_entry(
+        reason="rejected",
+        error="400",
+        trigger={"campaign_id": scope.campaign_id, "idempotency_key": scope.idempotency_key},
+        project_id=scope.project_id,
+    )
+    entry_id = dlq.add(entry, scope=scope, owner=owner)
+    for task_id in ("task-1", "task-2"):
+        claim = store.claim(scope, new_owner(task_id))
+        assert claim.state is ClaimState.DEAD
+        assert claim.dead_entry_id == entry_id
+
+
+# --- leases ----------------------------------------------------------------------------
+
+
+def test_expired_lease_lets_the_same_message_take_over(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    short_store.claim(scope, new_owner("task-1"))
+    assert short_store.claim(scope, new_owner("task-1")).state is ClaimState.OWN_LIVE
+    let_lease_expire()
+    claim = short_store.claim(scope, new_owner("task-1"))
+    assert claim.state is ClaimState.CLAIMED
+    assert claim.deliveries == 2
+
+
+def test_expired_lease_of_a_dead_owner_frees_the_key_for_another_message(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    short_store.claim(scope, new_owner("task-1"))
+    let_lease_expire()
+    assert short_store.claim(scope, new_owner("task-2")).state is ClaimState.CLAIMED
+
+
+def test_deliveries_counter_increments_per_successful_claim(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    seen = []
+    for _ in range(3):
+        owner = new_owner("task-1")
+        claim = store.claim(scope, owner)
+        seen.append(claim.deliveries)
+        store.claim(scope, new_owner("task-1"))  # OWN_LIVE: not a delivery
+        store.release(scope, owner)
+    assert seen == [1, 2, 3]
+    assert store.meta(scope)["deliveries"] == "3"
+
+
+def test_take_over_after_an_owner_died_mid_request_is_flagged(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    first = new_owner("task-1")
+    short_store.claim(scope, first)
+    assert short_store.renew(scope, first) == 1  # about to send; then it dies
+    let_lease_expire()
+    claim = short_store.claim(scope, new_owner("task-1"))
+    assert claim.state is ClaimState.CLAIMED
+    assert claim.took_over_mid_request is True
+    assert claim.attempts == 1
+
+
+def test_take_over_after_a_request_that_was_certainly_not_sent_is_not_flagged(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    first = new_owner("task-1")
+    short_store.claim(scope, first)
+    short_store.renew(scope, first)
+    short_store.not_sent(scope, first)  # e.g. a 503 or a refused connection
+    let_lease_expire()
+    claim = short_store.claim(scope, new_owner("task-1"))
+    assert claim.took_over_mid_request is False
+    assert claim.attempts == 1
+
+
+def test_took_over_flag_is_reported_once(short_store: IdempotencyStore, scope: Scope) -> None:
+    first = new_owner("task-1")
+    short_store.claim(scope, first)
+    short_store.renew(scope, first)
+    let_lease_expire()
+    second = new_owner("task-1")
+    assert short_store.claim(scope, second).took_over_mid_request is True
+    short_store.release(scope, second)
+    assert short_store.claim(scope, new_owner("task-1")).took_over_mid_request is False
+
+
+def test_not_sent_by_a_non_owner_changes_nothing(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    short_store.claim(scope, owner)
+    short_store.renew(scope, owner)
+    short_store.not_sent(scope, new_owner("task-2"))
+    assert short_store.meta(scope)["sending"] == "1"
+
+
+# --- renew -------------------------------------------------------------------------------
+
+
+def test_renew_returns_cumulative_attempts_across_deliveries(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    first = new_owner("task-1")
+    short_store.claim(scope, first)
+    assert [short_store.renew(scope, first) for _ in range(2)] == [1, 2]
+    let_lease_expire()
+    second = new_owner("task-1")
+    assert short_store.claim(scope, second).attempts == 2
+    assert short_store.renew(scope, second) == 3
+    assert short_store.meta(scope)["attempts"] == "3"
+
+
+def test_renew_extends_the_lease(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    fake_redis.pexpire(keys.lease(scope), 1_000)
+    store.renew(scope, owner)
+    assert fake_redis.pttl(keys.lease(scope)) > 1_000
+    assert store.meta(scope)["sending"] == "1"
+
+
+def test_renew_by_a_non_owner_returns_none_and_counts_nothing(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.renew(scope, new_owner("task-2")) is None
+    assert store.renew(scope, new_owner("task-1")) is None  # same task, other delivery
+    assert fake_redis.get(keys.lease(scope)) == owner.encode()
+    assert store.meta(scope).get("attempts", "0") == "0"
+
+
+def test_renew_of_a_done_scope_returns_none(store: IdempotencyStore, scope: Scope) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    store.commit(scope, owner, "trg-1")
+    assert store.renew(scope, owner) is None
+
+
+def test_renew_of_a_dead_scope_returns_none(
+    store: IdempotencyStore, dlq: DeadLetterQueue, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry = dlq.new_entry(reason="rejected", error="x", trigger={}, project_id=scope.project_id)
+    dlq.add(entry, scope=scope, owner=owner)
+    assert store.renew(scope, owner) is None
+
+
+# --- commit and release ------------------------------------------------------------------
+
+
+def test_commit_by_another_owner_returns_false_and_writes_nothing(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.commit(scope, new_owner("task-2"), "trg-intruder") is False
+    assert fake_redis.exists(keys.done(scope)) == 0
+    assert fake_redis.get(keys.lease(scope)) == owner.encode()
+    assert store.status(scope).state == "in_flight"
+
+
+def test_commit_by_the_owner_records_done_and_drops_the_lease(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    clock_store = IdempotencyStore(
+        fake_redis, keys, lease_ms=30_000, ttl_s=3_600, clock=lambda: 1_700_000_000.25
+    )
+    owner = new_owner("task-1")
+    clock_store.claim(scope, owner)
+    assert clock_store.commit(scope, owner, "trg-1") is True
+    assert fake_redis.exists(keys.lease(scope)) == 0
+    done = json.loads(fake_redis.get(keys.done(scope)))
+    assert done == {"trigger_id": "trg-1", "done_at": 1_700_000_000.25}
+    assert 3_590 < fake_redis.ttl(keys.done(scope)) <= 3_600
+    assert store.status(scope).trigger_id == "trg-1"
+
+
+def test_commit_after_own_lease_expired_with_nobody_else_holding_succeeds(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    short_store.claim(scope, owner)
+    let_lease_expire()
+    assert short_store.commit(scope, owner, "trg-late") is True
+    status = short_store.status(scope)
+    assert (status.state, status.trigger_id) == ("done", "trg-late")
+
+
+def test_commit_after_another_delivery_took_over_is_refused(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    first = new_owner("task-1")
+    short_store.claim(scope, first)
+    let_lease_expire()
+    second = new_owner("task-1")
+    short_store.claim(scope, second)
+    assert short_store.commit(scope, first, "trg-old") is False
+    assert short_store.commit(scope, second, "trg-new") is True
+    assert short_store.status(scope).trigger_id == "trg-new"
+
+
+def test_release_by_another_owner_returns_false_and_keeps_the_lease(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.release(scope, new_owner("task-2")) is False
+    assert store.release(scope, new_owner("task-1")) is False
+    assert store.status(scope).state == "in_flight"
+
+
+def test_release_by_the_owner_frees_the_scope(store: IdempotencyStore, scope: Scope) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.release(scope, owner) is True
+    assert store.status(scope).state == "unknown"
+    assert store.claim(scope, new_owner("task-2")).state is ClaimState.CLAIMED
+
+
+def test_release_of_a_done_scope_does_not_undo_it(store: IdempotencyStore, scope: Scope) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    store.commit(scope, owner, "trg-1")
+    assert store.release(scope, owner) is False
+    assert store.status(scope).state == "done"
+
+
+# --- status, meta, counters ----------------------------------------------------------------
+
+
+def test_status_moves_from_unknown_to_in_flight_to_done(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    assert store.status(scope).state == "unknown"
+    assert store.status(scope).dead_entry_id is None
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.status(scope).state == "in_flight"
+    assert store.status(scope).trigger_id is None
+    store.commit(scope, owner, "trg-9")
+    status = store.status(scope)
+    assert (status.state, status.trigger_id) == ("done", "trg-9")
+
+
+def test_status_of_a_dead_scope_is_unknown_with_the_entry_id(
+    store: IdempotencyStore, dlq: DeadLetterQueue, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry = dlq.new_entry(reason="rejected", error="x", trigger={}, project_id=scope.project_id)
+    entry_id = dlq.add(entry, scope=scope, owner=owner)
+    status = store.status(scope)
+    assert (status.state, status.trigger_id, status.dead_entry_id) == ("unknown", None, entry_id)
+
+
+def test_first_seen_is_set_by_the_first_claim_and_kept(
+    fake_redis: fakeredis.FakeRedis, keys: KeySpace, scope: Scope
+) -> None:
+    now = [1_700_000_000.0]
+    store = IdempotencyStore(fake_redis, keys, lease_ms=30_000, ttl_s=3_600, clock=lambda: now[0])
+    owner = new_owner("task-1")
+    assert store.claim(scope, owner).first_seen == 1_700_000_000.0
+    store.release(scope, owner)
+    now[0] += 500
+    assert store.claim(scope, new_owner("task-1")).first_seen == 1_700_000_000.0
+
+
+def test_meta_expires_with_the_idempotency_ttl(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    store.claim(scope, new_owner("task-1"))
+    assert 3_590 < fake_redis.ttl(keys.meta(scope)) <= 3_600
+
+
+def test_count_increments_a_fleet_wide_counter(
+    store: IdempotencyStore, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    assert store.count("ambiguous_duplicates") == 1
+    assert store.count("ambiguous_duplicates", 2) == 3
+    assert fake_redis.hget(keys.stats, "ambiguous_duplicates") == b"3"
+
+
+# --- scopes and projects ----------------------------------------------------------------
+
+
+def test_projects_for_finds_every_project_with_state_for_the_key(store: IdempotencyStore) -> None:
+    done_owner = new_owner("t1")
+    store.claim(Scope("proj-a", "camp", "key"), done_owner)
+    store.commit(Scope("proj-a", "camp", "key"), done_owner, "trg")
+    store.claim(Scope("proj:b", "camp", "key"), new_owner("t2"))
+    store.claim(Scope("proj-c", "camp", "other-key"), new_owner("t3"))
+    store.claim(Scope("proj-d", "other-camp", "key"), new_owner("t4"))
+    assert store.projects_for("camp", "key") == ["proj-a", "proj:b"]
+    assert store.projects_for("camp", "missing") == []
+
+
+def test_projects_for_treats_glob_chars_literally(store: IdempotencyStore) -> None:
+    store.claim(Scope("proj", "campX", "key"), new_owner("t1"))
+    store.claim(Scope("proj2", "camp*", "k?y"), new_owner("t2"))
+    assert store.projects_for("camp*", "key") == []
+    assert store.projects_for("camp*", "k?y") == ["proj2"]
+
+
+def test_scopes_with_colons_in_ids_do_not_collide(store: IdempotencyStore) -> None:
+    a = Scope("p", "a:b", "c")
+    b = Scope("p", "a", "b:c")
+    c = Scope("p:a", "b", "c")
+    assert len({a.encoded(), b.encoded(), c.encoded()}) == 3
+    owner = new_owner("t1")
+    store.claim(a, owner)
+    store.commit(a, owner, "trg-a")
+    assert store.claim(b, new_owner("t2")).state is ClaimState.CLAIMED
+    assert store.claim(c, new_owner("t3")).state is ClaimState.CLAIMED
+    assert store.status(a).trigger_id == "trg-a"
+
+
+def test_scope_encoding_is_percent_encoding_joined_by_colons() -> None:
+    assert Scope("p 1", "a:b", "k/%").encoded() == "p%201:a%3Ab:k%2F%25"
+
+
+def test_key_prefix_namespaces_the_ledger(fake_redis: fakeredis.FakeRedis, scope: Scope) -> None:
+    one = IdempotencyStore(fake_redis, KeySpace("one"), lease_ms=30_000, ttl_s=3_600)
+    two = IdempotencyStore(fake_redis, KeySpace("two"), lease_ms=30_000, ttl_s=3_600)
+    one.claim(scope, new_owner("t1"))
+    assert two.claim(scope, new_owner("t2")).state is ClaimState.CLAIMED
