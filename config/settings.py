@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     clix_retry_after_max_s: float = Field(
         20.0, gt=0, description="Cap on one Retry-After wait honoured for a 429."
     )
+    clix_rate_limited_max_wait_s: float = Field(
+        60.0, ge=0, description="Total time one delivery may wait out 429s (not attempts)."
+    )
     clix_http_pool_size: int = Field(10, ge=1, description="Pooled connections per worker process.")
     clix_lease_s: float = Field(
         45.0, gt=0, description="In-flight claim lease, renewed before every request."
@@ -172,8 +175,10 @@ class Settings(BaseSettings):
 
     @property
     def delivery_horizon_s(self) -> float:
-        """Longest time one delivery can keep sending (retries plus the last request)."""
-        return self.clix_retry_deadline_s + self.max_renewal_gap_s
+        """Longest time one delivery can keep sending (retries, 429 waits, the last request)."""
+        return (
+            self.clix_retry_deadline_s + self.clix_rate_limited_max_wait_s + self.max_renewal_gap_s
+        )
 
     @property
     def retry_horizon_s(self) -> float:
@@ -220,5 +225,6 @@ def _describe(exc: Exception) -> str:
     for error in exc.errors(include_input=False, include_url=False):
         where = ".".join(str(p) for p in error["loc"]).upper()
         message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"{where}: {message}" if where else message)
+        named = not where or message.startswith(where)
+        lines.append(message if named else f"{where}: {message}")
     return "invalid settings: " + "; ".join(lines)

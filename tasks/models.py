@@ -47,7 +47,8 @@ class Target(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one_id(self) -> Self:
-        given = [n for n in ("project_user_id", "device_id") if n in self.model_fields_set]
+        # an explicit null names nobody: it counts as absent
+        given = [n for n in ("project_user_id", "device_id") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
                 "a target names exactly one of project_user_id or device_id"
@@ -59,8 +60,9 @@ class Target(_Strict):
 class Audience(_Strict):
     """Who receives the campaign; absent means the campaign's default audience."""
 
-    broadcast: bool | None = None
-    targets: list[Target] | None = None
+    # Not Optional: an explicit null is refused, so no null ever reaches the body.
+    broadcast: bool = False
+    targets: list[Target] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _broadcast_or_targets(self) -> Self:
@@ -138,7 +140,8 @@ class TriggerRequest(_Strict):
         """The request body: only the fields the producer gave."""
         body: dict[str, Any] = {}
         if "audience" in self.model_fields_set and self.audience is not None:
-            body["audience"] = self.audience.model_dump(exclude_unset=True)
+            # exclude_none: a target's absent id is None, never sent as null
+            body["audience"] = self.audience.model_dump(exclude_unset=True, exclude_none=True)
         if "properties" in self.model_fields_set and self.properties is not None:
             body["properties"] = self.properties
         return body

@@ -10,6 +10,11 @@ random, so a wait is never zero (Celery's full jitter can be) yet a fleet that
 failed together does not resend together. A 429 waits what ``Retry-After``
 says, capped by ``CLIX_RETRY_AFTER_MAX_S``.
 
+Budgets: 5xx and network errors spend ``CLIX_MAX_ATTEMPTS`` and
+``CLIX_RETRY_DEADLINE_S``; waiting out 429s does not, it has its own bound
+(``CLIX_RATE_LIMITED_MAX_WAIT_S`` of total waiting per delivery), so a burst of
+rate limiting cannot push a healthy trigger into the dead-letter queue.
+
 The sleep function is a constructor argument (tests pass a recorder).
 """
 
@@ -21,14 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
-from tenacity.stop import stop_before_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from config.settings import Settings
 from tasks.errors import RateLimited, is_transient
 
-__all__ = ["RetryPolicy", "backoff_wait"]
+__all__ = ["RetryPolicy", "backoff_wait", "stop_when_budget_spent"]
 
 T = TypeVar("T")
 
@@ -42,6 +47,7 @@ class RetryPolicy:
     backoff_max_s: float = 8.0
     deadline_s: float = 30.0
     retry_after_max_s: float = 20.0
+    rate_limited_max_wait_s: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -52,6 +58,7 @@ class RetryPolicy:
             backoff_max_s=settings.clix_backoff_max_s,
             deadline_s=settings.clix_retry_deadline_s,
             retry_after_max_s=settings.clix_retry_after_max_s,
+            rate_limited_max_wait_s=settings.clix_rate_limited_max_wait_s,
         )
 
     def retrying(
@@ -62,10 +69,11 @@ class RetryPolicy:
         before_sleep: Callable[[RetryCallState], None] | None = None,
     ) -> Retrying:
         """A tenacity controller for one delivery (build one per call: it keeps state)."""
+        wait = backoff_wait(self, rng or random.Random())
         return Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_s),
-            wait=backoff_wait(self, rng or random.Random()),
+            stop=stop_when_budget_spent(self, wait),
+            wait=wait,
             sleep=sleep,
             reraise=True,  # the last real error, not tenacity's RetryError
             before_sleep=before_sleep,
@@ -83,9 +91,41 @@ class backoff_wait(wait_base):
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
-            return float(min(exc.retry_after_s, self.policy.retry_after_max_s))
+            # floor: "Retry-After: 0" must not become a hot loop nor a free retry
+            wait = max(exc.retry_after_s, self.policy.backoff_initial_s)
+            return float(min(wait, self.policy.retry_after_max_s))
         step = min(
             self.policy.backoff_max_s,
             self.policy.backoff_initial_s * 2 ** (retry_state.attempt_number - 1),
         )
         return float(step / 2 + self.rng.uniform(0, step / 2))
+
+
+class stop_when_budget_spent(stop_base):
+    """Stop when the next wait would overspend one of the two budgets.
+
+    Failures other than 429 count against ``max_attempts``, and their time
+    (everything but 429 waits) against ``deadline_s``; 429 waits count only
+    against ``rate_limited_max_wait_s``. Stateful: one instance per delivery.
+    """
+
+    def __init__(self, policy: RetryPolicy, wait: backoff_wait) -> None:
+        self.policy = policy
+        self.wait = wait
+        self.failures = 0
+        self.rate_limited_s = 0.0
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        next_wait = self.wait(retry_state)
+        if isinstance(exc, RateLimited):
+            if self.rate_limited_s + next_wait > self.policy.rate_limited_max_wait_s:
+                return True
+            self.rate_limited_s += next_wait
+            return False
+        self.failures += 1
+        if self.failures >= self.policy.max_attempts:
+            return True
+        elapsed = retry_state.seconds_since_start - self.rate_limited_s
+        return elapsed + next_wait > self.policy.deadline_s

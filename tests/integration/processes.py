@@ -7,6 +7,7 @@ made it. Nothing here mocks anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -65,14 +66,10 @@ def clean_env(**overrides: str) -> dict[str, str]:
 def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # pool children that outlived their parent
-    except (ProcessLookupError, PermissionError):
-        pass
     if proc.poll() is None:
         proc.wait(timeout=10)
 
@@ -193,10 +190,8 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool children at once (a machine dying)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:

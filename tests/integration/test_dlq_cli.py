@@ -97,7 +97,8 @@ def test_enqueue_from_a_jsonl_file_is_all_or_nothing(
 
     refused = cli(fleet.env, "enqueue", "--file", str(bad))
     assert refused.returncode == 1
-    assert "bad.jsonl:6" in refused.stderr and "idempotency_key" in refused.stderr
+    assert "bad.jsonl:6" in refused.stderr
+    assert "idempotency_key" in refused.stderr
     assert "bad.jsonl:7" in refused.stderr
     assert (
         cli(fleet.env, "enqueue", "--file", str(Path(str(tmp_path)) / "absent.jsonl")).returncode

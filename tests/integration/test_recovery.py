@@ -1,4 +1,4 @@
-"""Workers die (SIGKILL) and deliveries outlive the visibility timeout: nothing lost, nothing doubled."""
+"""Workers die (SIGKILL), deliveries outlive the visibility timeout: nothing lost or doubled."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -58,10 +59,8 @@ def test_killed_pool_process_is_requeued_and_delivered_once_its_lease_expires(
     sandbox.script(campaign, {"status": 200, "delay_ms": 3000})
     fleet.send(campaign_id=campaign, idempotency_key="k")
     wait_until(lambda: _sending(fleet, campaign, "k"), 30, "the request to be in flight")
-    children = [
-        int(p)
-        for p in open(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children").read().split()
-    ]
+    pid = worker.proc.pid
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     assert children, "the prefork pool has a child process"
     for pid in children:
         os.kill(pid, signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""The API key appears in no log line, broker message, ledger or DLQ entry, exception or CLI output."""
+"""The API key is in no log line, broker message, ledger or DLQ entry, exception or CLI output."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def assert_equal_jitter(sleeps: list[float], p: RetryPolicy) -> None:
         assert step / 2 <= wait <= step, (n, wait, step)
 
 
-# --- the request --------------------------------------------------------------
+# --- the request ----------------------------------------------------------------------
 
 
 def test_request_carries_auth_headers_content_type_and_exact_body(
@@ -129,7 +129,7 @@ def test_2xx_without_a_trigger_id_is_recorded_as_unknown_not_resent(mock_clix: H
     assert len(clix.requests) == 1
 
 
-# --- retries --------------------------------------------------------------------
+# --- retries --------------------------------------------------------------------------
 
 
 def test_503_503_200_sends_three_times_and_returns_the_trigger_id(mock_clix: Harness) -> None:
@@ -273,28 +273,39 @@ def test_429_without_retry_after_backs_off(mock_clix: Harness) -> None:
     assert_equal_jitter(clix.sleeps.calls, p)
 
 
-def test_429_then_give_up_raises_rate_limited(mock_clix: Harness) -> None:
+def test_429s_give_up_once_their_own_wait_budget_is_spent(mock_clix: Harness) -> None:
     clix = mock_clix(
-        then=httpx.Response(429, headers={"Retry-After": "0"}), policy=policy(max_attempts=2)
+        then=httpx.Response(429, headers={"Retry-After": "1"}),
+        policy=policy(max_attempts=2, rate_limited_max_wait_s=3.5),
     )
     with pytest.raises(RateLimited) as caught:
         clix.client.trigger(request_for())
     assert caught.value.status_code == 429
+    assert clix.sleeps.calls == [1.0, 1.0, 1.0]  # a fourth wait would overspend 3.5 s
 
 
-@pytest.mark.xfail(
-    reason="BUG: tasks/retries.py RetryPolicy.retrying counts 429 answers in "
-    "stop_after_attempt(max_attempts); DESIGN.md section 4 says waiting out a 429 does "
-    "not use up CLIX_MAX_ATTEMPTS and has its own bound",
-    strict=True,
-)
+def test_retry_after_zero_still_waits_the_backoff_floor(mock_clix: Harness) -> None:
+    limited = httpx.Response(429, headers={"Retry-After": "0"})
+    clix = mock_clix(limited, 200, policy=policy(backoff_initial_s=0.25))
+    clix.client.trigger(request_for())
+    assert clix.sleeps.calls == [0.25]
+
+
 def test_waiting_out_429s_does_not_use_up_max_attempts(mock_clix: Harness) -> None:
     limited = httpx.Response(429, headers={"Retry-After": "0"})
     clix = mock_clix(limited, limited, limited, 200, policy=policy(max_attempts=2))
     assert clix.client.trigger(request_for()).trigger_id == "trg-4"
 
 
-# --- hooks --------------------------------------------------------------------------
+def test_429s_between_server_errors_do_not_count_as_attempts(mock_clix: Harness) -> None:
+    limited = httpx.Response(429, headers={"Retry-After": "1"})
+    clix = mock_clix(503, limited, limited, 503, then=200, policy=policy(max_attempts=2))
+    with pytest.raises(ServerError):
+        clix.client.trigger(request_for())
+    assert len(clix.requests) == 4
+
+
+# --- hooks ----------------------------------------------------------------------------
 
 
 def test_hooks_are_called_with_attempt_numbers_and_errors(mock_clix: Harness) -> None:
@@ -332,7 +343,7 @@ def test_an_error_raised_by_before_attempt_stops_without_sending(mock_clix: Harn
     assert clix.requests == []
 
 
-# --- secrets ---------------------------------------------------------------------------
+# --- secrets --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

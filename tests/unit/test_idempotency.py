@@ -24,7 +24,7 @@ def let_lease_expire() -> None:
     time.sleep(SHORT_LEASE_MS * 2 / 1000)
 
 
-# --- owners ------------------------------------------------------------------------
+# --- owners ---------------------------------------------------------------------------
 
 
 def test_new_owner_is_task_id_plus_a_fresh_nonce() -> None:
@@ -33,7 +33,7 @@ def test_new_owner_is_task_id_plus_a_fresh_nonce() -> None:
     assert a.rpartition("|")[0] == b.rpartition("|")[0] == "task-1"
 
 
-# --- claim states ----------------------------------------------------------------
+# --- claim states ---------------------------------------------------------------------
 
 
 def test_first_claim_is_claimed_with_one_delivery_and_no_attempts(
@@ -104,7 +104,7 @@ def test_claim_after_dead_lettering_is_dead_with_the_entry_id(
         assert claim.dead_entry_id == entry_id
 
 
-# --- leases ----------------------------------------------------------------------------
+# --- leases ---------------------------------------------------------------------------
 
 
 def test_expired_lease_lets_the_same_message_take_over(
@@ -187,7 +187,7 @@ def test_not_sent_by_a_non_owner_changes_nothing(
     assert short_store.meta(scope)["sending"] == "1"
 
 
-# --- renew -------------------------------------------------------------------------------
+# --- renew ----------------------------------------------------------------------------
 
 
 def test_renew_returns_cumulative_attempts_across_deliveries(
@@ -242,7 +242,7 @@ def test_renew_of_a_dead_scope_returns_none(
     assert store.renew(scope, owner) is None
 
 
-# --- commit and release ------------------------------------------------------------------
+# --- commit and release ---------------------------------------------------------------
 
 
 def test_commit_by_another_owner_returns_false_and_writes_nothing(
@@ -322,7 +322,7 @@ def test_release_of_a_done_scope_does_not_undo_it(store: IdempotencyStore, scope
     assert store.status(scope).state == "done"
 
 
-# --- status, meta, counters ----------------------------------------------------------------
+# --- status, meta, counters -----------------------------------------------------------
 
 
 def test_status_moves_from_unknown_to_in_flight_to_done(
@@ -377,7 +377,7 @@ def test_count_increments_a_fleet_wide_counter(
     assert fake_redis.hget(keys.stats, "ambiguous_duplicates") == b"3"
 
 
-# --- scopes and projects ----------------------------------------------------------------
+# --- scopes and projects --------------------------------------------------------------
 
 
 def test_projects_for_finds_every_project_with_state_for_the_key(store: IdempotencyStore) -> None:

@@ -29,7 +29,7 @@ def only_problem(kwargs: object) -> str:
     return problems[0]
 
 
-# --- campaign_id -----------------------------------------------------------
+# --- campaign_id ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("char", ["/", "?", "#"])
@@ -78,7 +78,7 @@ def test_campaign_id_must_be_a_string_not_a_number() -> None:
     assert only_problem(trigger(campaign_id=42)).startswith("campaign_id: ")
 
 
-# --- idempotency_key -------------------------------------------------------
+# --- idempotency_key ------------------------------------------------------------------
 
 
 def test_idempotency_key_empty_is_refused() -> None:
@@ -115,7 +115,7 @@ def test_missing_required_fields_are_each_named() -> None:
     assert all("Field required" in p for p in problems)
 
 
-# --- audience --------------------------------------------------------------
+# --- audience -------------------------------------------------------------------------
 
 
 def test_target_with_both_ids_is_refused_naming_its_index() -> None:
@@ -150,22 +150,10 @@ def test_target_with_unknown_field_is_refused() -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: tasks/models.py Target._exactly_one_id counts model_fields_set, so an "
-    "explicit null id ({'project_user_id': None}) passes as 'one id' and a null reaches "
-    "the request body",
-    strict=True,
-)
 def test_target_whose_only_id_is_null_is_refused() -> None:
     problems_of(trigger(audience={"targets": [{"project_user_id": None}]}))
 
 
-@pytest.mark.xfail(
-    reason="BUG: tasks/models.py Audience allows explicit null broadcast/targets and "
-    "TriggerRequest.body() dumps them (exclude_unset keeps explicit None), so the body "
-    "carries nulls, against DESIGN.md section 4 'no nulls'",
-    strict=True,
-)
 @pytest.mark.parametrize("audience", [{"broadcast": None}, {"targets": None}])
 def test_explicit_null_inside_audience_never_reaches_the_body(audience: dict[str, Any]) -> None:
     try:
@@ -210,7 +198,7 @@ def test_targets_must_be_a_list() -> None:
     )
 
 
-# --- top level ---------------------------------------------------------------
+# --- top level ------------------------------------------------------------------------
 
 
 def test_unknown_top_level_field_is_refused_by_name() -> None:
@@ -252,7 +240,7 @@ def test_several_problems_are_reported_together() -> None:
     )
 
 
-# --- properties --------------------------------------------------------------
+# --- properties -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
@@ -283,7 +271,7 @@ def test_nested_properties_are_sent_unchanged() -> None:
     assert request.body() == {"properties": properties}
 
 
-# --- body size -----------------------------------------------------------------
+# --- body size ------------------------------------------------------------------------
 
 _BODY_OVERHEAD = len(b'{"properties":{"b":""}}')
 
@@ -310,7 +298,7 @@ def test_body_size_counts_utf8_bytes_not_characters() -> None:
     assert "over Clix's limit" in problem
 
 
-# --- the body is exactly what was given ------------------------------------------
+# --- the body is exactly what was given -----------------------------------------------
 
 
 def test_body_without_audience_or_properties_is_empty() -> None:
