@@ -127,5 +127,5 @@ class stop_when_budget_spent(stop_base):
         self.failures += 1
         if self.failures >= self.policy.max_attempts:
             return True
-        elapsed = retry_state.seconds_since_start - self.rate_limited_s
+        elapsed = (retry_state.seconds_since_start or 0.0) - self.rate_limited_s
         return elapsed + next_wait > self.policy.deadline_s
