@@ -1,11 +1,11 @@
 """The ``celery -A worker`` entry point: the Celery app, ready to run triggers.
 
 Importing this package registers ``trigger_campaign``, installs the
-dead-lettering consumer and a start-up check. A worker refuses to start (exit
-code 78, ``EX_CONFIG``) when it lacks the Clix credentials or its settings
-contradict each other, naming the variable, instead of failing at the first
-send. Flower (``celery -A worker flower``) imports this too but skips the
-check: it sends nothing.
+dead-lettering consumer and a start-up check. A worker refuses to start when it
+lacks the Clix credentials (exit code 78, ``EX_CONFIG``) or its settings are
+invalid or contradict each other (exit code 2, as for every command), naming
+the variable, instead of failing at the first send. Flower (``celery -A worker
+flower``) imports this too but skips the credentials check: it sends nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +18,17 @@ import redis
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
 
-import tasks  # noqa: F401 - registers trigger_campaign on the app
-from config.celery_app import app
 from config.settings import ConfigurationError, get_settings
-from tasks import context
+
+try:
+    import tasks  # noqa: F401 - registers trigger_campaign on the app
+    from config.celery_app import app
+    from tasks import context
+except ConfigurationError as _exc:
+    # Invalid settings: one clear line instead of an import traceback, for the
+    # worker, Flower and the CLI alike (exit 2: fix the configuration).
+    sys.stderr.write(f"clix-worker: invalid configuration: {_exc}\n")
+    raise SystemExit(2) from None
 
 __all__ = ["EX_CONFIG", "app"]
 

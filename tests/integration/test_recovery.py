@@ -110,3 +110,41 @@ def test_delivery_that_outlives_the_visibility_timeout_is_not_sent_twice(
     time.sleep(2)  # let every copy finish
     assert [r["status"] for r in sandbox.requests(campaign)] == [503] * 5 + [200]
     assert fleet.dlq.entries() == []
+
+
+def test_message_that_keeps_killing_its_worker_is_dead_lettered_as_redelivery_limit(
+    own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str
+) -> None:
+    fleet = own_fleet(
+        CLIX_REDELIVERY_LIMIT="2",
+        CLIX_LEASE_S="2",
+        CLIX_REQUEST_TIMEOUT_S="1",
+        CLIX_RETRY_AFTER_MAX_S="0.5",
+    )
+    worker = fleet.start_worker(concurrency=1)
+    sandbox.script(campaign, *[{"status": 200, "delay_ms": 900}] * 2)
+    fleet.send(campaign_id=campaign, idempotency_key="poison")
+    scope = fleet.scope(campaign, "poison")
+    for delivery in (1, 2):
+        # each delivery gets as far as sending, then its pool process dies
+        wait_until(
+            lambda d=delivery: (
+                fleet.store.meta(scope).get("deliveries") == str(d)
+                and _sending(fleet, campaign, "poison")
+            ),
+            30,
+            f"delivery {delivery} sending",
+        )
+        pid = worker.proc.pid
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            os.kill(int(child), signal.SIGKILL)
+
+    entry = wait_until(lambda: fleet.store.status(scope).dead_entry_id, 60, "the DLQ entry")
+    dead = fleet.dlq.get(entry)
+    assert dead is not None
+    assert dead["reason"] == "redelivery_limit"
+    assert dead["attempts"] == 2  # HTTP requests of the two killed deliveries
+    assert "delivered 3 times (limit 2)" in dead["error"]
+    assert dead["trigger"] == {"campaign_id": campaign, "idempotency_key": "poison"}
+    assert len(sandbox.requests(campaign)) <= 2  # the third delivery sent nothing
+    assert worker.proc.poll() is None

@@ -1,0 +1,60 @@
+"""A worker that could not send refuses to start; producers and inspection need no key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks import enqueue_trigger
+from tests.integration.conftest import Fleet
+from tests.integration.processes import cli, cli_json
+
+pytestmark = pytest.mark.integration
+
+
+def _start_worker(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", "solo"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("missing", ["CLIX_API_KEY", "CLIX_PROJECT_ID"])
+def test_worker_without_credentials_refuses_to_start_naming_the_variable(
+    fleet: Fleet, tmp_path: Path, missing: str
+) -> None:
+    env = {k: v for k, v in fleet.env.items() if k != missing}
+    refused = _start_worker(env, tmp_path)
+    assert refused.returncode == 78
+    assert f"{missing} must be set" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_worker_with_contradicting_settings_refuses_to_start_with_the_reason(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    refused = _start_worker({**fleet.env, "CLIX_LEASE_S": "100"}, tmp_path)
+    assert refused.returncode == 2
+    assert "CLIX_LEASE_S=100 must stay under CLIX_VISIBILITY_TIMEOUT_S" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    plain_http = _start_worker({**fleet.env, "CLIX_BASE_URL": "http://api.clix.so"}, tmp_path)
+    assert plain_http.returncode == 2
+    assert "CLIX_BASE_URL" in plain_http.stderr
+
+
+def test_producer_and_inspection_commands_need_no_credentials(fleet: Fleet, campaign: str) -> None:
+    env = {k: v for k, v in fleet.env.items() if k not in ("CLIX_API_KEY", "CLIX_PROJECT_ID")}
+    enqueued = cli(env, "enqueue", campaign, "no-key", "-p", "n=1", "--json")
+    assert enqueued.returncode == 0, enqueued.stderr
+    enqueue_trigger(campaign, "no-key").get(timeout=30)
+    status = cli_json(env, "status", campaign, "no-key")  # finds the project by scanning
+    assert status["state"] == "done"
+    assert cli(env, "dlq", "list", "--json").returncode == 0
