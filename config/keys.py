@@ -15,6 +15,8 @@ key                                   type     meaning, lifetime
 ``{p}:dlq:entries``                   hash     DLQ entry id -> entry JSON; durable
 ``{p}:dlq:index``                     zset     DLQ entry ids by failure time (ms)
 ``{p}:stats``                         hash     fleet-wide counters (ambiguous duplicates...)
+``{p}:ratelimit:{project}``           string   GCRA theoretical arrival time (us); PX
+``{p}:breaker:{project}``             hash     circuit breaker state, reason, probe_at
 ====================================  =======  ==========================================
 
 TTLs come from :mod:`config.settings` (``CLIX_IDEMPOTENCY_TTL_S``,
@@ -85,6 +87,14 @@ class KeySpace:
     def dlq_index(self) -> str:
         """Sorted set of DLQ entry ids, scored by failure time in ms."""
         return f"{self.prefix}:dlq:index"
+
+    def ratelimit(self, project_id: str) -> str:
+        """The fleet-wide rate limiter of a project."""
+        return f"{self.prefix}:ratelimit:{_part(project_id)}"
+
+    def breaker(self, project_id: str) -> str:
+        """The fleet-wide circuit breaker of a project."""
+        return f"{self.prefix}:breaker:{_part(project_id)}"
 
     @property
     def stats(self) -> str:

@@ -76,6 +76,25 @@ class Settings(BaseSettings):
     clix_rate_limit_per_s: float = Field(1000.0, gt=0, description="Fleet-wide request rate.")
 
     # --- tuning --------------------------------------------------------------
+    clix_rate_limit_burst: int | None = Field(
+        None, ge=1, description="Requests allowed at once after a quiet spell (default rate/10)."
+    )
+    clix_rate_limit_max_wait_s: float = Field(
+        5.0, gt=0, description="Longest single wait for a request slot."
+    )
+    clix_rate_limit_low_watermark: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Slow the fleet down when X-RateLimit-Remaining/Limit falls to this share.",
+    )
+    clix_breaker_probe_s: float = Field(5.0, gt=0, description="Outage: probe interval.")
+    clix_auth_probe_s: float = Field(30.0, gt=0, description="401/403: probe interval.")
+    clix_breaker_window: int = Field(20, ge=2, description="Recent requests judged per process.")
+    clix_breaker_min_samples: int = Field(10, ge=1, description="Samples before judging.")
+    clix_breaker_failure_ratio: float = Field(
+        0.8, gt=0, le=1, description="Share of recent requests failing that opens the breaker."
+    )
     clix_request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one HTTP request.")
     clix_retry_after_max_s: float = Field(
         20.0, gt=0, description="Cap on one Retry-After wait honoured for a 429."
@@ -138,6 +157,7 @@ class Settings(BaseSettings):
         for name, value in (
             ("CLIX_BACKOFF_MAX_S", self.clix_backoff_max_s),
             ("CLIX_RETRY_AFTER_MAX_S", self.clix_retry_after_max_s),
+            ("CLIX_RATE_LIMIT_MAX_WAIT_S", self.clix_rate_limit_max_wait_s),
             ("CLIX_LEASE_S", self.clix_lease_s),
             ("CLIX_UNACKED_RESTORE_INTERVAL_S", self.clix_unacked_restore_interval_s),
         ):
@@ -149,7 +169,7 @@ class Settings(BaseSettings):
         if self.max_renewal_gap_s >= self.clix_lease_s:
             problems.append(
                 f"CLIX_LEASE_S={self.clix_lease_s:g} must exceed one request timeout plus the "
-                f"longest single wait ({self.max_renewal_gap_s:g} s), or a live delivery "
+                f"longest single waits ({self.max_renewal_gap_s:g} s), or a live delivery "
                 "loses its claim between two renewals"
             )
         if self.clix_idempotency_ttl_s <= self.retry_horizon_s:
@@ -169,9 +189,16 @@ class Settings(BaseSettings):
     @property
     def max_renewal_gap_s(self) -> float:
         """Longest time between two lease renewals of a live delivery."""
-        return self.clix_request_timeout_s + max(
-            self.clix_backoff_max_s, self.clix_retry_after_max_s
+        return (
+            self.clix_request_timeout_s
+            + max(self.clix_backoff_max_s, self.clix_retry_after_max_s)
+            + self.clix_rate_limit_max_wait_s
         )
+
+    @property
+    def rate_limit_burst(self) -> int:
+        """``CLIX_RATE_LIMIT_BURST``, or a tenth of a second's worth of requests."""
+        return self.clix_rate_limit_burst or max(1, int(self.clix_rate_limit_per_s / 10))
 
     @property
     def delivery_horizon_s(self) -> float:

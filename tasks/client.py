@@ -22,7 +22,13 @@ import httpx
 from pydantic import SecretStr
 
 from config.settings import Settings
-from tasks.errors import ClixError, NetworkError, from_response, from_transport_error
+from tasks.errors import (
+    ClixError,
+    NetworkError,
+    Quota,
+    from_response,
+    from_transport_error,
+)
 from tasks.models import TriggerRequest
 from tasks.retries import RetryPolicy
 
@@ -30,8 +36,9 @@ __all__ = ["AttemptHook", "ClixClient", "Sent"]
 
 #: Called before each request with its number in this delivery (1-based).
 BeforeAttempt = Callable[[int], None]
-#: Called after each request with its number and its error (``None``: accepted).
-AttemptHook = Callable[[int, ClixError | None, float], None]
+#: Called after each request with its number, its error (``None``: accepted), its
+#: latency in ms and Clix's X-RateLimit-* quota when the answer carried one.
+AttemptHook = Callable[[int, ClixError | None, float, Quota | None], None]
 
 # Characters RFC 3986 allows in a path segment besides unreserved ones; `%`
 # is not among them, so an id like "a%2Fb" stays literal instead of decoding
@@ -107,8 +114,8 @@ class ClixClient:
         """The trigger endpoint's path for a campaign id (validated beforehand)."""
         return f"/api/v1/campaigns/{quote(campaign_id, safe=_SEGMENT_SAFE)}:trigger"
 
-    def send_once(self, request: TriggerRequest) -> str:
-        """One POST; return the ``trigger_id`` or raise a :class:`ClixError`."""
+    def send_once(self, request: TriggerRequest) -> tuple[str, Quota | None]:
+        """One POST; return the ``trigger_id`` and quota, or raise a :class:`ClixError`."""
         try:
             response = self._http.post(
                 self.path_for(request.campaign_id), content=request.body_bytes()
@@ -118,6 +125,7 @@ class ClixClient:
         error = from_response(response)
         if error is not None:
             raise error
+        quota = Quota.from_headers(response.headers)
         try:
             trigger_id = response.json()["trigger_id"]
         except (ValueError, KeyError, TypeError):
@@ -125,8 +133,8 @@ class ClixClient:
         if not isinstance(trigger_id, str) or not trigger_id:
             # Accepted, but we cannot tell the id: record the acceptance
             # rather than resend a trigger Clix has taken.
-            return "unknown"
-        return trigger_id
+            return "unknown", quota
+        return trigger_id, quota
 
     def trigger(
         self,
@@ -146,13 +154,13 @@ class ClixClient:
                 before_attempt(attempts)
             t0 = time.monotonic()
             try:
-                trigger_id = self.send_once(request)
+                trigger_id, quota = self.send_once(request)
             except ClixError as exc:
                 if after_attempt is not None:
-                    after_attempt(attempts, exc, (time.monotonic() - t0) * 1000)
+                    after_attempt(attempts, exc, (time.monotonic() - t0) * 1000, None)
                 raise
             if after_attempt is not None:
-                after_attempt(attempts, None, (time.monotonic() - t0) * 1000)
+                after_attempt(attempts, None, (time.monotonic() - t0) * 1000, quota)
             return trigger_id
 
         trigger_id = self.policy.retrying(sleep=self._sleep)(attempt)

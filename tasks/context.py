@@ -20,9 +20,11 @@ from redis.retry import Retry
 
 from config.keys import KeySpace
 from config.settings import Settings, get_settings
+from tasks.breaker import CircuitBreaker
 from tasks.client import ClixClient
 from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import IdempotencyStore
+from tasks.ratelimit import RateLimiter
 
 __all__ = ["WorkerContext", "current", "redis_client", "reset"]
 
@@ -36,6 +38,8 @@ class WorkerContext:
     store: IdempotencyStore
     dlq: DeadLetterQueue
     clix: ClixClient
+    limiter: RateLimiter
+    breaker: CircuitBreaker
 
     @classmethod
     def build(
@@ -48,6 +52,7 @@ class WorkerContext:
         """Wire the store, DLQ and Clix client; arguments replace the real clients in tests."""
         conn = redis_conn if redis_conn is not None else redis_client(settings)
         keys = KeySpace(settings.clix_key_prefix)
+        project_id, _ = settings.require_credentials()
         return cls(
             settings=settings,
             conn=conn,
@@ -59,6 +64,8 @@ class WorkerContext:
             ),
             dlq=DeadLetterQueue(conn, keys, ttl_s=settings.clix_idempotency_ttl_s),
             clix=clix if clix is not None else ClixClient.from_settings(settings),
+            limiter=rate_limiter(settings, conn, project_id),
+            breaker=circuit_breaker(settings, conn, project_id),
         )
 
     def close(self) -> None:
@@ -77,6 +84,31 @@ def redis_client(settings: Settings) -> redis.Redis:
         # No redis-py retries: a failed store call puts the message back on the
         # queue (tasks.errors.route_for), the one place that decides retries.
         retry=Retry(NoBackoff(), 0),
+    )
+
+
+def rate_limiter(settings: Settings, conn: redis.Redis, project_id: str) -> RateLimiter:
+    """The project's fleet-wide limiter (``CLIX_RATE_LIMIT_PER_S``)."""
+    return RateLimiter(
+        conn,
+        KeySpace(settings.clix_key_prefix).ratelimit(project_id),
+        rate_per_s=settings.clix_rate_limit_per_s,
+        burst=settings.rate_limit_burst,
+        max_wait_s=settings.clix_rate_limit_max_wait_s,
+    )
+
+
+def circuit_breaker(settings: Settings, conn: redis.Redis, project_id: str) -> CircuitBreaker:
+    """The project's fleet-wide circuit breaker."""
+    return CircuitBreaker(
+        conn,
+        KeySpace(settings.clix_key_prefix).breaker(project_id),
+        window=settings.clix_breaker_window,
+        min_samples=settings.clix_breaker_min_samples,
+        failure_ratio=settings.clix_breaker_failure_ratio,
+        probe_s=settings.clix_breaker_probe_s,
+        auth_probe_s=settings.clix_auth_probe_s,
+        probe_timeout_s=settings.clix_request_timeout_s + 5,
     )
 
 

@@ -13,6 +13,9 @@ The tree (retryable on the left of the split, permanent on the right)::
     │       └── Rejected                 4xx other than 429 (status_code)
     │           └── AuthenticationFailed 401 / 403
     ├── RedeliveryLimit                  permanent: the message keeps killing workers
+    ├── Paused                           the system, not the message, is in trouble
+    │   ├── BreakerOpen                  the fleet-wide breaker says do not send
+    │   └── RateLimitWaitTooLong         no request slot in sight
     ├── ClaimBusy                        a copy of this message still runs
     ├── ClaimLost                        another delivery took the scope over
     ├── ReplayRefused                    a DLQ entry that cannot be replayed
@@ -24,20 +27,25 @@ this package in the dependency order.
 
 Routes (:func:`route_for`): a transient error that outlived tenacity's budget
 goes to the DLQ as ``retries_exhausted``; a permanent one as ``rejected``;
-invalid input as ``invalid_payload``; an error of our own infrastructure
-(Redis down, a bug) puts the message back on the queue, where the delivery
-counter eventually dead-letters it as ``redelivery_limit``.
+invalid input as ``invalid_payload``. Trouble with the system rather than the
+message (401/403, 429s beyond their budget, an open breaker, no rate-limit slot)
+puts the message back on the queue *uncounted*: it must not creep towards the
+redelivery limit while Clix or the credentials are broken. An error of our own
+infrastructure (Redis down, a bug) puts it back counted, so a message that
+keeps failing is eventually dead-lettered as ``redelivery_limit``.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 
 import httpx
 
 __all__ = [
     "AuthenticationFailed",
+    "BreakerOpen",
     "ClaimBusy",
     "ClaimLost",
     "ClixError",
@@ -45,7 +53,9 @@ __all__ = [
     "DeadLettered",
     "InvalidTrigger",
     "NetworkError",
+    "Paused",
     "PermanentError",
+    "RateLimitWaitTooLong",
     "RateLimited",
     "RedeliveryLimit",
     "Rejected",
@@ -123,6 +133,18 @@ class RedeliveryLimit(ClixWorkerError):
     """The trigger was delivered more often than ``CLIX_REDELIVERY_LIMIT``."""
 
 
+class Paused(ClixWorkerError):
+    """The system is in trouble (open breaker, no rate-limit slot): do not send now."""
+
+
+class BreakerOpen(Paused):
+    """The fleet-wide circuit breaker is open (credentials refused, or an outage)."""
+
+
+class RateLimitWaitTooLong(Paused):
+    """No request slot within the wait bound: the fleet is held back (429s)."""
+
+
 class ClaimBusy(ClixWorkerError):
     """A copy of this message still holds a live lease after the longest wait."""
 
@@ -191,17 +213,27 @@ class Decision:
 
     route: Route
     reason: str | None = None
+    counts_as_delivery: bool = True  # REQUEUE: does it spend the redelivery limit?
 
 
-def route_for(exc: BaseException) -> Decision:
-    """The one mapping from an error to what happens to its message."""
+def route_for(exc: BaseException, *, breaker_open: bool = False) -> Decision:
+    """The one mapping from an error to what happens to its message.
+
+    ``breaker_open``: the fleet-wide breaker is open now, so a transient error
+    that spent its budget says more about Clix than about the trigger.
+    """
     if isinstance(exc, InvalidTrigger):
         return Decision(Route.DEAD_LETTER, "invalid_payload")
     if isinstance(exc, RedeliveryLimit):
         return Decision(Route.DEAD_LETTER, "redelivery_limit")
     if isinstance(exc, ClaimLost):
         return Decision(Route.DUPLICATE)
+    if isinstance(exc, AuthenticationFailed | RateLimited | Paused):
+        # about the system, not the message: keep it queued, untouched
+        return Decision(Route.REQUEUE, counts_as_delivery=False)
     if isinstance(exc, TransientError):
+        if breaker_open:  # an outage, not a poison trigger: wait for Clix in the queue
+            return Decision(Route.REQUEUE, counts_as_delivery=False)
         # tenacity has already spent the retry budget when this reaches us
         return Decision(Route.DEAD_LETTER, "retries_exhausted")
     if isinstance(exc, PermanentError):
@@ -224,10 +256,41 @@ def _clix_message(response: httpx.Response) -> str:
 
 def _retry_after_s(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
-    if value is None:
-        return None
     try:
-        return max(0.0, float(value))
+        if value is not None:
+            return max(0.0, float(value))
     except ValueError:
-        # an HTTP date; Clix sends seconds, so treat anything else as "unknown"
+        pass  # an HTTP date; Clix sends seconds: fall back to X-RateLimit-Reset
+    quota = Quota.from_headers(response.headers)
+    if quota is not None and quota.reset_at_s is not None:
+        return max(0.0, quota.reset_at_s - time.time())
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Clix's ``X-RateLimit-*`` headers: the project's budget as Clix sees it."""
+
+    limit: int | None
+    remaining: int | None
+    reset_at_s: float | None  # unix seconds
+
+    @classmethod
+    def from_headers(cls, headers: httpx.Headers) -> Quota | None:
+        """Parse the headers; ``None`` when Clix sent none."""
+        values = [headers.get(f"x-ratelimit-{n}") for n in ("limit", "remaining", "reset")]
+        if all(v is None for v in values):
+            return None
+        limit, remaining, reset = (_number(v) for v in values)
+        return cls(
+            None if limit is None else int(limit),
+            None if remaining is None else int(remaining),
+            reset,
+        )
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
         return None

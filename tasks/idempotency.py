@@ -41,7 +41,9 @@ from config.keys import KeySpace, Scope
 
 __all__ = ["Claim", "ClaimState", "IdempotencyStore", "Status", "new_owner"]
 
-# KEYS: lease, done, dead, meta.  ARGV: owner, lease_ms, ttl_s, now_s, task_id
+# KEYS: lease, done, dead, meta.  ARGV: owner, lease_ms, ttl_s, now_s, task_id, limit
+# A successful claim also registers the first attempt (sending=1, attempts+1),
+# saving a round trip, unless the delivery is over the redelivery limit.
 _CLAIM = """
 local done = redis.call('GET', KEYS[2])
 if done then return {'done', done} end
@@ -59,10 +61,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 local deliveries = redis.call('HINCRBY', KEYS[4], 'deliveries', 1)
 local was_sending = redis.call('HGET', KEYS[4], 'sending') or '0'
 redis.call('HSETNX', KEYS[4], 'first_seen', ARGV[4])
-redis.call('HSET', KEYS[4], 'sending', '0')
+local attempts
+if deliveries <= tonumber(ARGV[6]) then
+  redis.call('HSET', KEYS[4], 'sending', '1')
+  attempts = redis.call('HINCRBY', KEYS[4], 'attempts', 1)
+else
+  redis.call('HSET', KEYS[4], 'sending', '0')
+  attempts = tonumber(redis.call('HGET', KEYS[4], 'attempts') or '0')
+end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
-local attempts = redis.call('HGET', KEYS[4], 'attempts') or '0'
-return {'claimed', tostring(deliveries), was_sending, attempts,
+return {'claimed', tostring(deliveries), was_sending, tostring(attempts),
         redis.call('HGET', KEYS[4], 'first_seen')}
 """
 
@@ -97,10 +105,20 @@ redis.call('EXPIRE', KEYS[4], ARGV[3])
 return 1
 """
 
-# ARGV: owner
+# ARGV: owner, lease_ms.  Extend a lease we hold (a long wait, not an attempt).
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# ARGV: owner, uncount (1: this delivery does not count towards the redelivery limit)
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[4], 'sending', '0')
+  if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[4], 'deliveries', -1) end
   return 1
 end
 return 0
@@ -167,13 +185,25 @@ class IdempotencyStore:
         self._not_sent = redis_client.register_script(_NOT_SENT)
         self._commit = redis_client.register_script(_COMMIT)
         self._release = redis_client.register_script(_RELEASE)
+        self._extend = redis_client.register_script(_EXTEND)
 
-    def claim(self, scope: Scope, owner: str) -> Claim:
-        """Try to become the one delivery allowed to send for ``scope``."""
+    def claim(self, scope: Scope, owner: str, *, redelivery_limit: int = 1_000_000) -> Claim:
+        """Try to become the one delivery allowed to send for ``scope``.
+
+        ``CLAIMED`` also registers the first attempt (the caller sends next),
+        unless ``deliveries`` exceeds ``redelivery_limit``.
+        """
         task_id = owner.rpartition("|")[0] or owner
         reply: list[Any] = self._claim(
             keys=self.keys.scope_keys(scope),
-            args=[owner, self.lease_ms, self.ttl_s, f"{self._clock():.3f}", task_id],
+            args=[
+                owner,
+                self.lease_ms,
+                self.ttl_s,
+                f"{self._clock():.3f}",
+                task_id,
+                redelivery_limit,
+            ],
         )
         state = ClaimState(_text(reply[0]))
         if state is ClaimState.DONE:
@@ -202,6 +232,10 @@ class IdempotencyStore:
         )
         return None if attempts < 0 else attempts
 
+    def extend(self, scope: Scope, owner: str) -> bool:
+        """Extend ``owner``'s lease without registering an attempt; False if not ours."""
+        return bool(self._extend(keys=[self.keys.lease(scope)], args=[owner, self.lease_ms]))
+
     def not_sent(self, scope: Scope, owner: str) -> None:
         """After an attempt Clix certainly did not accept: clear ``sending``."""
         self._not_sent(keys=self.keys.scope_keys(scope), args=[owner])
@@ -211,9 +245,15 @@ class IdempotencyStore:
         done = json.dumps({"trigger_id": trigger_id, "done_at": round(self._clock(), 3)})
         return bool(self._commit(keys=self.keys.scope_keys(scope), args=[owner, done, self.ttl_s]))
 
-    def release(self, scope: Scope, owner: str) -> bool:
-        """Give the claim up (retryable failure); only the owner can."""
-        return bool(self._release(keys=self.keys.scope_keys(scope), args=[owner]))
+    def release(self, scope: Scope, owner: str, *, uncount: bool = False) -> bool:
+        """Give the claim up (retryable failure); only the owner can.
+
+        ``uncount``: the delivery ended for a reason outside the message (open
+        breaker, 401, 429s), so it does not count towards the redelivery limit.
+        """
+        return bool(
+            self._release(keys=self.keys.scope_keys(scope), args=[owner, "1" if uncount else "0"])
+        )
 
     def meta(self, scope: Scope) -> dict[str, str]:
         """The scope's counters (deliveries, attempts, first_seen)."""

@@ -20,6 +20,7 @@ queued, and sets a ``kwargsrepr`` so Flower shows a summary, not the payload.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -32,15 +33,23 @@ from celery.exceptions import Reject
 from config.celery_app import TASK_NAME, app
 from config.keys import Scope
 from tasks import context
+from tasks.breaker import Outcome
 from tasks.client import is_ambiguous
 from tasks.errors import (
+    AuthenticationFailed,
+    BreakerOpen,
     ClaimBusy,
     ClaimLost,
     ClixError,
     DeadLettered,
     InvalidTrigger,
+    NetworkError,
+    Quota,
+    RateLimited,
     RedeliveryLimit,
     Route,
+    ServerError,
+    TransientError,
     route_for,
 )
 from tasks.idempotency import Claim, ClaimState, new_owner
@@ -148,6 +157,7 @@ class Delivery:
             raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
         trigger = self.trigger = TriggerRequest.parse(self.kwargs)
         scope = self.scope = Scope(self.project_id, trigger.campaign_id, trigger.idempotency_key)
+        self._gate()
         claim = self.claim = self._claim(scope)
         if claim.state is not ClaimState.CLAIMED:
             self._log(
@@ -184,15 +194,34 @@ class Delivery:
         settings = self.ctx.settings
         give_up = time.monotonic() + settings.delivery_horizon_s + settings.clix_lease_s
         while True:
-            claim = self.ctx.store.claim(scope, self.owner)
+            claim = self.ctx.store.claim(
+                scope, self.owner, redelivery_limit=settings.clix_redelivery_limit
+            )
             if claim.state is not ClaimState.OWN_LIVE:
                 return claim
             if time.monotonic() > give_up:
                 raise ClaimBusy("a copy of this message still holds the claim")
             self.sleep(min(1.0, claim.lease_left_ms / 1000 + 0.05))
 
+    def _gate(self) -> None:
+        """Before a request: the breaker must allow it, then a rate-limit slot is due."""
+        allowed, verdict = self.ctx.breaker.allow(self.owner)
+        if not allowed:
+            raise BreakerOpen(f"circuit breaker open ({verdict}): the message stays queued")
+        if verdict == "probe":
+            self._log("breaker_probe", level=logging.WARNING)
+        self.ctx.limiter.acquire(on_wait=self._renew_if_claimed)
+
+    def _renew_if_claimed(self) -> None:
+        claimed = self.scope is not None and self.claim is not None
+        if claimed and not self.ctx.store.extend(self.scope, self.owner):  # type: ignore[arg-type]
+            raise ClaimLost("the scope was taken over while this delivery waited")
+
     def _before_attempt(self, number: int) -> None:
         assert self.scope is not None
+        if number == 1:
+            return  # the claim registered the first attempt
+        self._gate()
         total = self.ctx.store.renew(self.scope, self.owner)
         if total is None:
             raise ClaimLost("the scope was taken over while this delivery was retrying")
@@ -200,9 +229,13 @@ class Delivery:
         if self._last_ambiguous:
             self._ambiguous("resending after a request whose answer was lost")
 
-    def _after_attempt(self, number: int, error: ClixError | None, latency_ms: float) -> None:
+    def _after_attempt(
+        self, number: int, error: ClixError | None, latency_ms: float, quota: Quota | None
+    ) -> None:
         assert self.scope is not None
         self._last_ambiguous = is_ambiguous(error)
+        self._tell_breaker(error)
+        self._pace(error, quota)
         if error is None:
             return
         if not self._last_ambiguous:
@@ -216,8 +249,55 @@ class Delivery:
             level=logging.WARNING,
         )
 
+    def _tell_breaker(self, error: ClixError | None) -> None:
+        if isinstance(error, AuthenticationFailed):
+            outcome = Outcome.AUTH
+        elif isinstance(error, ServerError | NetworkError):
+            outcome = Outcome.FAILURE
+        else:
+            outcome = Outcome.OK  # accepted, or an answer about this message only
+        transition = self.ctx.breaker.record(outcome)
+        if not transition:
+            return
+        settings = self.ctx.settings
+        if transition == "closed":
+            logger.warning("circuit breaker closed: Clix answers again; consuming resumes")
+        elif outcome is Outcome.AUTH:
+            logger.error(
+                "Clix refused the credentials (%s): fix CLIX_API_KEY / CLIX_PROJECT_ID. "
+                "Consuming is paused fleet-wide and messages stay queued; a probe goes out "
+                "every %g s and the fleet resumes by itself once the key is accepted",
+                error.status_code if error else "?",
+                settings.clix_auth_probe_s,
+            )
+        else:
+            logger.error(
+                "circuit breaker %s: most recent requests to Clix failed (%s); consuming is "
+                "paused fleet-wide, probing every %g s",
+                transition,
+                error,
+                settings.clix_breaker_probe_s,
+            )
+
+    def _pace(self, error: ClixError | None, quota: Quota | None) -> None:
+        """Hold the whole fleet back when Clix says (429) or hints (low remaining quota)."""
+        limiter, settings = self.ctx.limiter, self.ctx.settings
+        if isinstance(error, RateLimited):
+            wait = error.retry_after_s if error.retry_after_s is not None else 1.0
+            limiter.hold(min(wait, settings.clix_retry_after_max_s))
+            self._log("rate_limited", retry_after_s=wait, level=logging.WARNING)
+        elif quota is not None and quota.limit and quota.remaining is not None:
+            low = quota.remaining <= quota.limit * settings.clix_rate_limit_low_watermark
+            reset_in = (quota.reset_at_s or time.time() + 1.0) - time.time()
+            if low and reset_in > 0:
+                limiter.hold(min(reset_in, settings.clix_retry_after_max_s))
+
     def _route(self, exc: Exception) -> dict[str, Any]:
-        decision = route_for(exc)
+        breaker_open = False
+        if isinstance(exc, TransientError):
+            with contextlib.suppress(Exception):  # Redis down: treat as closed
+                breaker_open = not self.ctx.breaker.state().consuming
+        decision = route_for(exc, breaker_open=breaker_open)
         if decision.route is Route.DUPLICATE:
             self._log("deduplicated", claim="lost")
             return {"trigger_id": None, "deduplicated": True}
@@ -233,7 +313,9 @@ class Delivery:
         self._log("requeued", error=f"{type(exc).__name__}: {exc}", level=logging.ERROR)
         if self.scope is not None:
             try:
-                self.ctx.store.release(self.scope, self.owner)
+                self.ctx.store.release(
+                    self.scope, self.owner, uncount=not decision.counts_as_delivery
+                )
             except Exception:
                 logger.debug("could not release the claim", exc_info=True)
         self.sleep(REQUEUE_PAUSE_S)

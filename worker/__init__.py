@@ -24,6 +24,7 @@ try:
     import tasks  # noqa: F401 - registers trigger_campaign on the app
     from config.celery_app import app
     from tasks import context
+    from worker.consumption import BreakerConsumption
 except ConfigurationError as _exc:
     # Invalid settings: one clear line instead of an import traceback, for the
     # worker, Flower and the CLI alike (exit 2: fix the configuration).
@@ -85,6 +86,7 @@ def warn_about_redis(url: str) -> None:
 
 
 app.steps["worker"].add(StartupCheck)
+app.steps["consumer"].add(BreakerConsumption)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

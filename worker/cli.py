@@ -292,6 +292,40 @@ def dlq_purge(entry_ids: tuple[str, ...], select_all: bool, yes: bool, as_json: 
     sys.exit(RET_FAILED if missing else RET_OK)
 
 
+# --- health ------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--project", help="Project id (default CLIX_PROJECT_ID).")
+@click.option("--json", "as_json", is_flag=True)
+def health(project: str | None, as_json: bool) -> None:
+    """Circuit breaker, rate limit and DLQ depth; exit 1 while the breaker is open."""
+    from tasks.context import circuit_breaker, redis_client
+
+    settings = _settings()
+    project = project or settings.clix_project_id
+    if not project:
+        _fail("give --project or set CLIX_PROJECT_ID", RET_USAGE)
+    conn = redis_client(settings)
+    state = circuit_breaker(settings, conn, project).state()
+    ambiguous = conn.hget(KeySpace(settings.clix_key_prefix).stats, "ambiguous_duplicates")
+    data = {
+        "project_id": project,
+        "breaker": state.state,
+        "breaker_reason": state.reason,
+        "next_probe_in_s": None if state.state == "closed" else state.probe_in_s,
+        "rate_limit_per_s": settings.clix_rate_limit_per_s,
+        "rate_limit_burst": settings.rate_limit_burst,
+        "dlq_depth": _dlq(settings).depth(),
+        "ambiguous_duplicates": int(ambiguous or 0),
+    }
+    human = "\n".join(f"{k:<22} {v}" for k, v in data.items() if v is not None)
+    if state.reason == "auth":
+        human += "\nClix refuses the credentials: fix CLIX_API_KEY / CLIX_PROJECT_ID"
+    _emit(data, as_json, human)
+    sys.exit(RET_FAILED if state.state != "closed" else RET_OK)
+
+
 # --- processes ---------------------------------------------------------------
 
 

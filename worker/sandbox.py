@@ -52,7 +52,7 @@ _MAX_RAW_BODY_CHARS = 64 * 1024  # invalid bodies are kept for debugging, but bo
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _UNSAFE_ID_CHARS = frozenset("/?#")
 _FAULT_FIELDS = ("fail_rate", "drop_rate", "rate_429", "latency_ms", "rate_limit_per_s")
-_LIVE_FIELDS = frozenset(_FAULT_FIELDS) | {"retry_after_s", "seed"}
+_LIVE_FIELDS = frozenset(_FAULT_FIELDS) | {"retry_after_s", "seed", "revoke_key"}
 _log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
@@ -78,6 +78,7 @@ class SandboxConfig:
     retry_after_s: int = 1
     rate_limit_per_s: float = 0.0
     seed: int | None = None
+    revoke_key: bool = False  # answer 401 to every trigger, as if the key were revoked
 
     def __post_init__(self) -> None:
         # Values also arrive as JSON from the control API, so check types, not just ranges.
@@ -95,6 +96,8 @@ class SandboxConfig:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise ValueError("seed must be an integer or null")
+        if not isinstance(self.revoke_key, bool):
+            raise ValueError("revoke_key must be a boolean")
         if not isinstance(self.project_id, str) or not isinstance(self.api_key, str):
             raise ValueError("project_id and api_key must be strings")
 
@@ -458,7 +461,7 @@ class SandboxServer:
             request.headers.get("x-clix-project-id", "").encode("latin-1"),
             config.project_id.encode(),
         )
-        if not (key_ok and project_ok):
+        if not (key_ok and project_ok) or config.revoke_key:
             return _error(401)
         if campaign_id is None:
             return _error(404)
@@ -695,6 +698,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-after", dest="retry_after_s", type=int, default=1, help="of 429s")
     p.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, default=0.0, help="req/s")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible faults")
+    p.add_argument(
+        "--revoke-key", action="store_true", help="answer 401 to every trigger (key revoked)"
+    )
     p.add_argument("--quiet", action="store_true", help="print only the listening line")
     return p
 

@@ -196,14 +196,31 @@ def own_fleet(
     """A fleet on a Redis of its own (its broker timing cannot disturb other tests)."""
     made: list[Fleet] = []
 
-    def build(*, fast: bool = True, **overrides: str) -> Fleet:
-        fleet = make_fleet(redis_factory().url, sandbox, api_key, workdir, fast=fast, **overrides)
+    def build(*, fast: bool = True, clix: SandboxProcess | None = None, **overrides: str) -> Fleet:
+        fleet = make_fleet(
+            redis_factory().url, clix or sandbox, api_key, workdir, fast=fast, **overrides
+        )
         made.append(fleet)
         return fleet
 
     yield build
     for fleet in made:
         fleet.stop()
+
+
+@pytest.fixture
+def own_sandbox(workdir: Path, api_key: str) -> Iterator[Callable[..., SandboxProcess]]:
+    """Sandboxes of their own, for tests that change its global faults or rate limit."""
+    made: list[SandboxProcess] = []
+
+    def start(*args: str) -> SandboxProcess:
+        proc = SandboxProcess(workdir, PROJECT_ID, api_key, *args)
+        made.append(proc)
+        return proc
+
+    yield start
+    for proc in made:
+        proc.stop()
 
 
 @pytest.fixture

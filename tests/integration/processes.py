@@ -35,6 +35,7 @@ FAST_SETTINGS = {
     "CLIX_REQUEST_TIMEOUT_S": "3",
     "CLIX_RETRY_AFTER_MAX_S": "1",
     "CLIX_LEASE_S": "8",
+    "CLIX_RATE_LIMIT_MAX_WAIT_S": "2",
 }
 
 
@@ -77,7 +78,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
 class SandboxProcess:
     """``python -m worker sandbox`` as a child process, with its control API."""
 
-    def __init__(self, workdir: Path, project_id: str, api_key: str) -> None:
+    def __init__(self, workdir: Path, project_id: str, api_key: str, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"sandbox-{self.port}.log"
@@ -93,6 +94,7 @@ class SandboxProcess:
                 "--project-id",
                 project_id,
                 "--quiet",
+                *args,
             ],
             env=clean_env(CLIX_SANDBOX_API_KEY=api_key),
             stdout=self._log,

@@ -110,7 +110,7 @@ def test_dropped_connection_is_retried(
     assert outcome["trigger_id"] == requests[-1]["trigger_id"]
 
 
-@pytest.mark.parametrize("status", [400, 401, 404])
+@pytest.mark.parametrize("status", [400, 404, 422])
 def test_final_client_errors_are_sent_once_and_dead_lettered(
     fleet: Fleet, sandbox: SandboxProcess, campaign: str, status: int
 ) -> None:

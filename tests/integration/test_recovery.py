@@ -92,6 +92,7 @@ def test_delivery_that_outlives_the_visibility_timeout_is_not_sent_twice(
         CLIX_RETRY_AFTER_MAX_S="1",
         CLIX_MAX_ATTEMPTS="8",
         CLIX_RETRY_DEADLINE_S="30",
+        CLIX_RATE_LIMIT_MAX_WAIT_S="1",
     )
     worker = fleet.start_worker(concurrency=2)
     sandbox.script(campaign, *[{"status": 503, "delay_ms": 1500}] * 5)
@@ -120,6 +121,7 @@ def test_message_that_keeps_killing_its_worker_is_dead_lettered_as_redelivery_li
         CLIX_LEASE_S="2",
         CLIX_REQUEST_TIMEOUT_S="1",
         CLIX_RETRY_AFTER_MAX_S="0.5",
+        CLIX_RATE_LIMIT_MAX_WAIT_S="0.4",
     )
     worker = fleet.start_worker(concurrency=1)
     sandbox.script(campaign, *[{"status": 200, "delay_ms": 900}] * 2)

@@ -23,6 +23,7 @@ from tasks.client import ClixClient
 from tasks.context import WorkerContext
 from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import IdempotencyStore
+from tasks.ratelimit import RateLimiter
 from tasks.retries import RetryPolicy
 from tasks.trigger import Delivery
 
@@ -192,11 +193,17 @@ def mock_clix(settings: Settings) -> Iterator[Callable[..., ClixHarness]]:
 
 @dataclass
 class Pipeline:
-    """A worker context on fakeredis and a scripted Clix, and a way to run deliveries."""
+    """A worker context on fakeredis and a scripted Clix, and a way to run deliveries.
+
+    ``sleeps`` records the delivery's own waits (copy waits, requeue pause),
+    ``clix.sleeps`` the retry backoff and ``limiter_sleeps`` the rate limiter's
+    waits for a request slot; none of them really sleeps.
+    """
 
     ctx: WorkerContext
     clix: ClixHarness
     sleeps: SleepRecorder = field(default_factory=SleepRecorder)
+    limiter_sleeps: SleepRecorder = field(default_factory=SleepRecorder)
 
     def delivery(
         self,
@@ -218,12 +225,18 @@ def pipeline(
     fake_redis: fakeredis.FakeRedis,
     mock_clix: Callable[..., ClixHarness],
 ) -> Callable[..., Pipeline]:
-    """Factory: ``pipeline(*steps, then=None, on_sleep=None, **settings_overrides)``."""
+    """Factory: ``pipeline(*steps, then=None, on_sleep=None, on_limiter_sleep=None, **settings)``.
+
+    The context is wired by :meth:`WorkerContext.build` (limiter and breaker
+    included); only the limiter's ``sleep`` is swapped for a recorder, so a
+    429 hold is asserted on instead of slept through.
+    """
 
     def build(
         *steps: Step,
         then: Step | None = None,
         on_sleep: Callable[[int, float], None] | None = None,
+        on_limiter_sleep: Callable[[int, float], None] | None = None,
         **overrides: Any,
     ) -> Pipeline:
         settings = make_settings(**overrides)
@@ -231,7 +244,18 @@ def pipeline(
             *steps, then=then, policy=RetryPolicy.from_settings(settings), on_sleep=on_sleep
         )
         ctx = WorkerContext.build(settings, redis_conn=fake_redis, clix=harness.client)
-        return Pipeline(ctx, harness)
+        built = ctx.limiter
+        limiter_sleeps = SleepRecorder(on_limiter_sleep)
+        ctx.limiter = RateLimiter(
+            fake_redis,
+            built.key,
+            rate_per_s=built.rate_per_s,
+            burst=built.burst,
+            max_wait_s=built.max_wait_s,
+            give_up_s=built.give_up_s,
+            sleep=limiter_sleeps,
+        )
+        return Pipeline(ctx, harness, limiter_sleeps=limiter_sleeps)
 
     return build
 

@@ -17,6 +17,7 @@ from tasks.errors import (
     AuthenticationFailed,
     ClixError,
     NetworkError,
+    Quota,
     RateLimited,
     Rejected,
     ServerError,
@@ -308,21 +309,67 @@ def test_429s_between_server_errors_do_not_count_as_attempts(mock_clix: Harness)
 # --- hooks ----------------------------------------------------------------------------
 
 
-def test_hooks_are_called_with_attempt_numbers_and_errors(mock_clix: Harness) -> None:
+def test_hooks_are_called_with_attempt_numbers_errors_latency_and_quota(
+    mock_clix: Harness,
+) -> None:
     clix = mock_clix(503, httpx.ConnectError("refused"), 200, policy=policy())
     before: list[int] = []
-    after: list[tuple[int, ClixError | None, float]] = []
+    after: list[tuple[int, ClixError | None, float, Quota | None]] = []
     clix.client.trigger(
         request_for(),
         before_attempt=before.append,
-        after_attempt=lambda n, err, ms: after.append((n, err, ms)),
+        after_attempt=lambda n, err, ms, quota: after.append((n, err, ms, quota)),
     )
     assert before == [1, 2, 3]
-    assert [n for n, _, _ in after] == [1, 2, 3]
+    assert [n for n, _, _, _ in after] == [1, 2, 3]
     assert isinstance(after[0][1], ServerError)
     assert isinstance(after[1][1], NetworkError)
     assert after[2][1] is None
-    assert all(ms >= 0 for _, _, ms in after)
+    assert all(ms >= 0 for _, _, ms, _ in after)
+    # no X-RateLimit-* headers in these answers: no quota
+    assert [quota for _, _, _, quota in after] == [None, None, None]
+
+
+def test_after_attempt_gets_the_quota_of_a_success_answer(mock_clix: Harness) -> None:
+    accepted = httpx.Response(
+        200,
+        json={"trigger_id": "trg-q"},
+        headers={
+            "X-RateLimit-Limit": "1000",
+            "X-RateLimit-Remaining": "17",
+            "X-RateLimit-Reset": "1700000000.5",
+        },
+    )
+    clix = mock_clix(accepted, policy=policy())
+    seen: list[Quota | None] = []
+    sent = clix.client.trigger(request_for(), after_attempt=lambda n, e, ms, q: seen.append(q))
+    assert sent.trigger_id == "trg-q"
+    assert seen == [Quota(limit=1000, remaining=17, reset_at_s=1_700_000_000.5)]
+
+
+def test_after_attempt_gets_no_quota_for_an_error_answer(mock_clix: Harness) -> None:
+    limited = httpx.Response(
+        429,
+        headers={"Retry-After": "1", "X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "0"},
+    )
+    clix = mock_clix(limited, 200, policy=policy())
+    seen: list[tuple[ClixError | None, Quota | None]] = []
+    clix.client.trigger(request_for(), after_attempt=lambda n, e, ms, q: seen.append((e, q)))
+    assert isinstance(seen[0][0], RateLimited)
+    assert seen[0][1] is None
+    assert seen[1] == (None, None)
+
+
+def test_partial_or_malformed_quota_headers_keep_what_parses(mock_clix: Harness) -> None:
+    answer = httpx.Response(
+        200,
+        json={"trigger_id": "trg-1"},
+        headers={"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": "soon"},
+    )
+    clix = mock_clix(answer, policy=policy())
+    seen: list[Quota | None] = []
+    clix.client.trigger(request_for(), after_attempt=lambda n, e, ms, q: seen.append(q))
+    assert seen == [Quota(limit=None, remaining=5, reset_at_s=None)]
 
 
 def test_before_attempt_runs_before_the_request_is_sent(mock_clix: Harness) -> None:

@@ -8,14 +8,17 @@ import redis
 
 from tasks.errors import (
     AuthenticationFailed,
+    BreakerOpen,
     ClaimBusy,
     ClaimLost,
     ClixError,
     DeadLettered,
     InvalidTrigger,
     NetworkError,
+    Paused,
     PermanentError,
     RateLimited,
+    RateLimitWaitTooLong,
     RedeliveryLimit,
     Rejected,
     Route,
@@ -196,14 +199,21 @@ def test_invalid_trigger_is_dead_lettered_as_invalid_payload() -> None:
     "error",
     [
         ServerError("x", status_code=503),
-        RateLimited("x", retry_after_s=1.0),
         NetworkError("x", ambiguous=True),
+        NetworkError("x", ambiguous=False),
         TransientError("x"),
     ],
 )
 def test_transient_error_that_reaches_routing_is_retries_exhausted(error: ClixError) -> None:
     decision = route_for(error)
     assert (decision.route, decision.reason) == (Route.DEAD_LETTER, "retries_exhausted")
+
+
+def test_429_that_outlived_its_wait_budget_requeues_uncounted() -> None:
+    # too many 429s say the fleet is too fast, not that the trigger is bad
+    decision = route_for(RateLimited("x", retry_after_s=1.0))
+    assert (decision.route, decision.reason) == (Route.REQUEUE, None)
+    assert decision.counts_as_delivery is False
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 422])
@@ -213,12 +223,29 @@ def test_rejected_is_dead_lettered_as_rejected(status: int) -> None:
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_authentication_failure_is_final_and_dead_lettered_as_rejected(status: int) -> None:
-    # Never resent; until the fleet-wide breaker exists it is dead-lettered like any 4xx.
+def test_authentication_failure_is_not_resent_and_requeues_uncounted(status: int) -> None:
+    # never resent within a delivery, never dead-lettered: the credentials are
+    # broken, not the trigger, so it waits in the queue behind the open breaker
     error = AuthenticationFailed("bad key", status_code=status)
     assert not is_transient(error)
     decision = route_for(error)
-    assert (decision.route, decision.reason) == (Route.DEAD_LETTER, "rejected")
+    assert (decision.route, decision.reason) == (Route.REQUEUE, None)
+    assert decision.counts_as_delivery is False
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        BreakerOpen("circuit breaker open (auth)"),
+        RateLimitWaitTooLong("no request slot within 60 s"),
+        Paused("paused"),
+    ],
+)
+def test_paused_system_requeues_the_message_uncounted(error: Paused) -> None:
+    assert not is_transient(error)
+    decision = route_for(error)
+    assert (decision.route, decision.reason) == (Route.REQUEUE, None)
+    assert decision.counts_as_delivery is False
 
 
 def test_redelivery_limit_is_dead_lettered_as_redelivery_limit() -> None:
@@ -241,9 +268,11 @@ def test_claim_lost_is_acknowledged_as_duplicate() -> None:
         KeyError("x"),
     ],
 )
-def test_infrastructure_errors_requeue_the_message(error: BaseException) -> None:
+def test_infrastructure_errors_requeue_the_message_counted(error: BaseException) -> None:
     decision = route_for(error)
     assert (decision.route, decision.reason) == (Route.REQUEUE, None)
+    # a message that keeps failing its worker must reach the redelivery limit
+    assert decision.counts_as_delivery is True
 
 
 def test_dead_lettered_names_entry_and_reason() -> None:

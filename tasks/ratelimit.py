@@ -1,0 +1,119 @@
+"""The fleet-wide rate limiter: GCRA in Redis, shared by every worker of a project.
+
+Celery's ``rate_limit`` is per worker; Clix's limit (1,000 requests/s) is per
+project. This limiter keeps one "theoretical arrival time" (TAT) per project in
+Redis and hands out *reservations*: an atomic Lua script (clock: Redis
+``TIME``, so hosts need not agree on the time) gives each request its own slot,
+``1 / rate`` apart, allowing ``burst`` requests at once after a quiet spell.
+The caller sleeps until its slot, without holding a Redis connection and
+without polling, then sends. A slot further away than ``max_wait_s`` is not
+reserved: the caller sleeps that bound and asks again, so no wait grows past
+the broker's visibility timeout.
+
+:meth:`RateLimiter.hold` pushes the whole fleet back for a while: used when
+Clix answers 429 (``Retry-After``) or reports ``X-RateLimit-Remaining`` near
+zero, so every worker slows down before Clix has to say no.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+
+from tasks.errors import RateLimitWaitTooLong
+
+__all__ = ["RateLimiter"]
+
+# KEYS: tat.  ARGV: interval_us, tolerance_us, max_wait_us.  -> {reserved, wait_us}
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - tonumber(ARGV[2]) - now
+if wait < 0 then wait = 0 end
+if wait > tonumber(ARGV[3]) then return {0, wait} end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat),
+           'PX', math.floor((new_tat - now) / 1000) + 1000)
+return {1, wait}
+"""
+
+# KEYS: tat.  ARGV: hold_us, tolerance_us.  Nobody gets a slot before now + hold.
+_HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local target = now + tonumber(ARGV[1]) + tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if target > tat then
+  redis.call('SET', KEYS[1], string.format('%d', target),
+             'PX', math.floor((target - now) / 1000) + 1000)
+  return 1
+end
+return 0
+"""
+
+
+class RateLimiter:
+    """Reservations of request slots at ``rate_per_s`` for one project, fleet-wide."""
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        key: str,
+        *,
+        rate_per_s: float,
+        burst: int,
+        max_wait_s: float = 5.0,
+        give_up_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate_per_s must be > 0 and burst >= 1")
+        self.key = key
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.interval_us = int(1_000_000 / rate_per_s)
+        # GCRA tolerance: how far ahead of the TAT a request may go; burst-1 slots
+        self.tolerance_us = self.interval_us * (burst - 1)
+        self.max_wait_s = max_wait_s
+        self.give_up_s = give_up_s
+        self._sleep = sleep
+        self._reserve = redis_client.register_script(_RESERVE)
+        self._hold = redis_client.register_script(_HOLD)
+
+    def acquire(self, on_wait: Callable[[], None] | None = None) -> float:
+        """Wait for this process's next slot; return the seconds waited.
+
+        ``on_wait`` runs after each bounded wait for a slot that was too far
+        ahead (the delivery renews its lease there). Raises
+        :class:`~tasks.errors.RateLimitWaitTooLong` after ``give_up_s``.
+        """
+        waited = 0.0
+        max_wait_us = int(self.max_wait_s * 1_000_000)
+        while True:
+            reserved, wait_us = self._reserve(
+                keys=[self.key], args=[self.interval_us, self.tolerance_us, max_wait_us]
+            )
+            wait_s = int(wait_us) / 1_000_000
+            if reserved:
+                if wait_s > 0:
+                    self._sleep(wait_s)
+                return waited + wait_s
+            if waited + self.max_wait_s > self.give_up_s:
+                raise RateLimitWaitTooLong(
+                    f"no request slot within {self.give_up_s:g} s "
+                    f"(fleet limit {self.rate_per_s:g}/s)"
+                )
+            # too far ahead to reserve: wait the bound, then ask again
+            self._sleep(self.max_wait_s)
+            waited += self.max_wait_s
+            if on_wait is not None:
+                on_wait()
+
+    def hold(self, seconds: float) -> bool:
+        """Give nobody a slot for ``seconds`` (fleet-wide); True if this moved the TAT."""
+        return bool(self._hold(keys=[self.key], args=[int(seconds * 1_000_000), self.tolerance_us]))
