@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     redis_url: str = Field(DEFAULT_REDIS_URL, description="Idempotency store, DLQ, limiter.")
     celery_broker_url: str | None = Field(None, description="Broker; defaults to REDIS_URL.")
     clix_plans: str | None = Field(None, description="Trigger plan files or folders.")
+    clix_plans_strict: bool = Field(
+        False, description="Properties a plan does not declare are errors, not warnings."
+    )
+    clix_pii_warning: bool = Field(
+        True, description="Warn at enqueue about PII-looking properties of plan-less campaigns."
+    )
     clix_max_attempts: int = Field(5, ge=1, le=100, description="HTTP attempts per delivery.")
     clix_backoff_initial_s: float = Field(0.5, gt=0, description="First backoff wait.")
     clix_backoff_max_s: float = Field(8.0, gt=0, description="Cap on one backoff wait.")

@@ -10,6 +10,7 @@ side effects.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -24,9 +25,18 @@ from tasks.breaker import CircuitBreaker
 from tasks.client import ClixClient
 from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import IdempotencyStore
+from tasks.plans import PlanRegistry
 from tasks.ratelimit import RateLimiter
 
-__all__ = ["WorkerContext", "current", "redis_client", "reset"]
+__all__ = [
+    "WorkerContext",
+    "circuit_breaker",
+    "current",
+    "plan_registry",
+    "rate_limiter",
+    "redis_client",
+    "reset",
+]
 
 
 @dataclass(slots=True)
@@ -40,6 +50,7 @@ class WorkerContext:
     clix: ClixClient
     limiter: RateLimiter
     breaker: CircuitBreaker
+    plans: PlanRegistry
 
     @classmethod
     def build(
@@ -66,6 +77,7 @@ class WorkerContext:
             clix=clix if clix is not None else ClixClient.from_settings(settings),
             limiter=rate_limiter(settings, conn, project_id),
             breaker=circuit_breaker(settings, conn, project_id),
+            plans=plan_registry(settings.clix_plans),
         )
 
     def close(self) -> None:
@@ -85,6 +97,12 @@ def redis_client(settings: Settings) -> redis.Redis:
         # queue (tasks.errors.route_for), the one place that decides retries.
         retry=Retry(NoBackoff(), 0),
     )
+
+
+@functools.lru_cache(maxsize=8)
+def plan_registry(spec: str | None) -> PlanRegistry:
+    """The trigger plans of ``CLIX_PLANS``, loaded once per process (raises ``PlanError``)."""
+    return PlanRegistry.load(spec)
 
 
 def rate_limiter(settings: Settings, conn: redis.Redis, project_id: str) -> RateLimiter:

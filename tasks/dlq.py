@@ -31,8 +31,9 @@ import redis
 
 from config.keys import KeySpace, Scope
 from tasks.errors import ReplayRefused
+from tasks.pii import redact
 
-__all__ = ["REASONS", "DeadLetterQueue", "iso_time"]
+__all__ = ["REASONS", "DeadLetterQueue", "iso_time", "shown"]
 
 REASONS = ("invalid_payload", "rejected", "retries_exhausted", "redelivery_limit")
 
@@ -200,6 +201,19 @@ class DeadLetterQueue:
         pipe.hdel(self.keys.dlq_entries, *entry_ids)
         pipe.zrem(self.keys.dlq_index, *entry_ids)
         pipe.execute()
+
+
+def shown(entry: dict[str, Any], pii_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """The entry as listings show it: properties marked pii replaced by ``[redacted]``.
+
+    The entry's own ``pii`` list (written when it was dead-lettered under a plan)
+    is always applied; ``pii_keys`` adds those of the plans loaded now.
+    """
+    hidden = set(entry.get("pii") or ()) | set(pii_keys)
+    trigger = entry.get("trigger")
+    if not hidden or not isinstance(trigger, dict):
+        return entry
+    return {**entry, "trigger": redact(trigger, hidden)}
 
 
 def scope_of(entry: dict[str, Any]) -> Scope | None:

@@ -29,9 +29,11 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
+from celery.worker.request import Request as CeleryRequest
 
 from config.celery_app import TASK_NAME, app
 from config.keys import Scope
+from config.settings import Settings, get_settings
 from tasks import context
 from tasks.breaker import Outcome
 from tasks.client import is_ambiguous
@@ -54,6 +56,7 @@ from tasks.errors import (
 )
 from tasks.idempotency import Claim, ClaimState, new_owner
 from tasks.models import TriggerRequest
+from tasks.pii import pii_like_keys
 
 __all__ = ["Delivery", "RequeueMessage", "TriggerTask", "trigger_campaign"]
 
@@ -75,11 +78,57 @@ def summary(kwargs: dict[str, Any]) -> str:
     )
 
 
+class RedactedRequest(CeleryRequest):  # type: ignore[misc]
+    """The worker's view of a message: events (Flower) carry a summary, never values.
+
+    Our producers already publish a redacted ``kwargsrepr``; a producer in
+    another language (``send_task``) publishes Celery's full repr of the
+    kwargs. The worker's ``task-received`` event replaces it, so Flower ends up
+    showing ids and property names only, whoever enqueued.
+    """
+
+    @property
+    def kwargsrepr(self) -> str:
+        kwargs = self.kwargs
+        return summary(kwargs if isinstance(kwargs, dict) else {})
+
+    @property
+    def argsrepr(self) -> str:
+        return "()" if not self.args else f"<{len(self.args)} positional arguments>"
+
+
+def check_contract(kwargs: dict[str, Any], settings: Settings, *, producer: bool) -> None:
+    """Check a valid trigger against its campaign's plan; raise :class:`InvalidTrigger`.
+
+    Warnings (undeclared properties outside strict mode; PII-looking keys of a
+    campaign without a plan, at the producer) are logged, never raised.
+    """
+    registry = context.plan_registry(settings.clix_plans)
+    errors, warnings = registry.check(kwargs, strict=settings.clix_plans_strict)
+    if errors:
+        raise InvalidTrigger(errors)
+    campaign_id = kwargs["campaign_id"]
+    for warning in warnings:
+        logger.warning("trigger for campaign %s: %s", campaign_id, warning)
+    properties = kwargs.get("properties")
+    if producer and settings.clix_pii_warning and properties and campaign_id not in registry:
+        suspicious = pii_like_keys(properties)
+        if suspicious:
+            logger.warning(
+                "trigger for campaign %s carries properties that look like personal data "
+                "(%s) and the campaign has no plan marking them pii: they will show in the "
+                "DLQ; add a plan (CLIX_PLANS) or set CLIX_PII_WARNING=false",
+                campaign_id,
+                ", ".join(suspicious),
+            )
+
+
 class TriggerTask(Task):  # type: ignore[misc]
     """Celery task class that validates triggers before they are published."""
 
     acks_late = True
     reject_on_worker_lost = True
+    Request = RedactedRequest
     # Dead-lettering is an expected outcome: the task is marked failed, but the
     # worker logs our one structured line instead of a traceback.
     throws = (DeadLettered,)
@@ -88,11 +137,15 @@ class TriggerTask(Task):  # type: ignore[misc]
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
     ) -> Any:  # returns celery.result.AsyncResult
-        """Validate, then publish; raise :class:`InvalidTrigger` naming the field."""
+        """Validate (generic rules and the campaign's plan), then publish.
+
+        Raises :class:`InvalidTrigger` naming the field; nothing is published then.
+        """
         if args:
             raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
         trigger = TriggerRequest.parse(kwargs if kwargs is not None else {})
         clean = trigger.to_kwargs()
+        check_contract(clean, get_settings(), producer=True)
         options.setdefault("argsrepr", "()")
         options.setdefault("kwargsrepr", summary(clean))
         return super().apply_async((), clean, **options)
@@ -156,6 +209,8 @@ class Delivery:
         if self.args:
             raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
         trigger = self.trigger = TriggerRequest.parse(self.kwargs)
+        # producers in other languages skip the producer-side check
+        check_contract(trigger.to_kwargs(), self.ctx.settings, producer=False)
         scope = self.scope = Scope(self.project_id, trigger.campaign_id, trigger.idempotency_key)
         self._gate()
         claim = self.claim = self._claim(scope)
@@ -337,6 +392,10 @@ class Delivery:
             project_id=self.project_id,
             task_id=self.task_id,
         )
+        plan = self.ctx.plans.get(str(self.kwargs.get("campaign_id")))
+        if plan is not None and plan.pii_keys:
+            # the entry keeps the whole trigger for replay; these are hidden when shown
+            entry["pii"] = sorted(plan.pii_keys)
         owned = self.claim is not None and self.claim.state is ClaimState.CLAIMED
         entry_id = dlq.add(entry, scope=self.scope if owned else None, owner=self.owner)
         self._log(

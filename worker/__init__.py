@@ -50,10 +50,13 @@ class StartupCheck(bootsteps.Step):  # type: ignore[misc]
         try:
             settings = get_settings()
             settings.require_credentials()
+            plans = context.plan_registry(settings.clix_plans)  # PlanError is a ConfigurationError
         except ConfigurationError as exc:
             sys.stderr.write(f"clix-worker: cannot start: {exc}\n")
             sys.stderr.flush()
             raise SystemExit(EX_CONFIG) from None
+        if settings.clix_plans:
+            logger.info("loaded %d trigger plan(s) from CLIX_PLANS", len(plans))
         warn_about_redis(settings.redis_url)
         super().__init__(parent, **kwargs)
 

@@ -207,24 +207,49 @@ def _describe(entry: dict[str, Any]) -> str:
     )
 
 
+def _for_display(entries: list[dict[str, Any]], settings: Settings, show_pii: bool) -> Any:
+    """Entries with pii properties redacted (unless ``--show-pii``)."""
+    from tasks.context import plan_registry
+    from tasks.dlq import shown
+
+    if show_pii:
+        return entries
+    registry = plan_registry(settings.clix_plans)
+    out = []
+    for entry in entries:
+        plan = registry.get(str(entry.get("campaign_id")))
+        out.append(shown(entry, plan.pii_keys if plan else ()))
+    return out
+
+
+_SHOW_PII = click.option(
+    "--show-pii", is_flag=True, help="Show properties marked pii by the campaign's plan."
+)
+
+
 @dlq.command("list")
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most N entries.")
+@_SHOW_PII
 @click.option("--json", "as_json", is_flag=True)
-def dlq_list(limit: int | None, as_json: bool) -> None:
+def dlq_list(limit: int | None, show_pii: bool, as_json: bool) -> None:
     """Entries, oldest first."""
-    entries = _dlq(_settings()).entries(limit)
+    settings = _settings()
+    entries = _for_display(_dlq(settings).entries(limit), settings, show_pii)
     human = "\n".join(_describe(e) for e in entries) or "the dead-letter queue is empty"
     _emit(entries, as_json, human)
 
 
 @dlq.command("show")
 @click.argument("entry_id")
+@_SHOW_PII
 @click.option("--json", "as_json", is_flag=True)
-def dlq_show(entry_id: str, as_json: bool) -> None:
-    """One entry in full."""
-    entry = _dlq(_settings()).get(entry_id)
+def dlq_show(entry_id: str, show_pii: bool, as_json: bool) -> None:
+    """One entry in full (pii properties redacted unless --show-pii)."""
+    settings = _settings()
+    entry = _dlq(settings).get(entry_id)
     if entry is None:
         _fail(f"no DLQ entry with id {entry_id!r}")
+    [entry] = _for_display([entry], settings, show_pii)
     _emit(entry, as_json, json.dumps(entry, indent=2, ensure_ascii=False))
 
 
@@ -360,6 +385,15 @@ def up(flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool) ->
             exit_after_demo=exit_after_demo,
         )
     )
+
+
+def _register_plan_commands() -> None:
+    from worker.plan_commands import plan
+
+    cli.add_command(plan)
+
+
+_register_plan_commands()
 
 
 def _store(settings: Settings) -> Any:

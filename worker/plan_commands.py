@@ -3,10 +3,11 @@
 ``plan validate PATH...`` checks plan files, and folders searched the way
 ``CLIX_PLANS`` is (files named ``*api-trigger-plan.json``, see
 :meth:`tasks.plans.PlanRegistry.load`), against every rule of DESIGN.md
-section 2, and reports every problem with its JSON path. Two valid plans for
-one campaign are reported too, since a worker would refuse to start with them.
-``plan init --campaign ID`` writes a starter plan from a sample trigger or
-from flags.
+section 2 (:mod:`tasks.plan_rules`), and reports every problem with its JSON
+path. Two valid plans for one campaign are reported too, since a worker would
+refuse to start with them.
+``plan init --campaign ID`` writes a starter plan (:func:`starter_plan`) from
+a sample trigger or from flags.
 
 Exit codes (DESIGN.md section 4): 0 every plan valid / plan written; 1 a plan
 is invalid, or ``init`` refused to overwrite or could not write; 2 bad usage:
@@ -17,19 +18,21 @@ sample trigger.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-__all__ = ["RET_FAILED", "RET_OK", "RET_USAGE", "plan"]
+__all__ = ["RET_FAILED", "RET_OK", "RET_USAGE", "plan", "starter_plan"]
 
 # These mirror worker.cli's exit codes; importing them from there would be
 # circular, since worker.cli registers this group.
 RET_OK, RET_FAILED, RET_USAGE = 0, 1, 2
 
 DEFAULT_OUTPUT = Path(".clix") / "api-trigger-plan.json"
+_ISO_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ].*)?")
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -47,7 +50,8 @@ def plan() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def validate(paths: tuple[Path, ...], as_json: bool) -> None:
     """Validate plan files, or the plans found in folders."""
-    from tasks.plans import PLAN_FILE_SUFFIX, Problem, discover_plan_files, validate_plan_file
+    from tasks.plan_rules import PLAN_FILE_SUFFIX, Problem, validate_plan_file
+    from tasks.plans import discover_plan_files
 
     usage_error = False
     files: list[Path] = []
@@ -148,8 +152,6 @@ def init(
     force: bool,
 ) -> None:
     """Write a starter plan, every property required; edit it, then `plan validate` it."""
-    from tasks.plans import starter_plan
-
     trigger: Any = None
     if sample is not None:
         try:
@@ -184,3 +186,86 @@ def init(
             "dynamic_filter_keys (or pass --filter-key)",
             err=True,
         )
+
+
+# --- starter plans ------------------------------------------------------------------------
+# Like the commands above, these import from ``tasks`` only when they run.
+
+
+def starter_plan(
+    campaign_id: str,
+    *,
+    trigger: dict[str, Any] | None = None,
+    properties: list[str] | None = None,
+    audience_mode: str | None = None,
+    dynamic_filter_keys: list[str] | None = None,
+) -> dict[str, Any]:
+    """A starter plan for ``plan init``; raises ``ValueError`` naming what cannot be planned.
+
+    Types come from the sample ``trigger`` (kwargs or request body): booleans
+    are ``boolean``, numbers ``number``, ISO-8601 date strings ``datetime``,
+    other strings ``string``; sample values become examples, except for
+    ``pii`` properties (keys found by :func:`tasks.pii.pii_like_keys`), whose values stay
+    out of the file. ``properties`` adds ``NAME`` or ``NAME:TYPE`` entries
+    (type ``string`` by default; a type given here wins over the sample's).
+    Every property is required. The audience mode is ``audience_mode``, else
+    the sample's (broadcast, targets or none), else ``default``; a targets
+    plan without sample targets gets a placeholder target to edit.
+    """
+    from tasks.pii import _pii_key, pii_like_keys
+    from tasks.plan_rules import _matches, validate_plan_data
+
+    trigger = trigger or {}
+    unknown = sorted(set(trigger) - {"campaign_id", "idempotency_key", "audience", "properties"})
+    if unknown:
+        raise ValueError(f"not a trigger: unknown keys {', '.join(unknown)}")
+    if trigger.get("campaign_id", campaign_id) != campaign_id:
+        raise ValueError(
+            f"the sample trigger is for campaign {trigger['campaign_id']}, not {campaign_id}"
+        )
+    sample = trigger.get("properties") or {}
+    audience = trigger.get("audience") or {}
+    if not isinstance(sample, dict) or not isinstance(audience, dict):
+        raise ValueError("the sample trigger's audience and properties must be objects")
+    pii = set(pii_like_keys(sample)) | {n for n in (properties or []) if _pii_key(n.split(":")[0])}
+    specs: dict[str, dict[str, Any]] = {}
+    for name, value in sample.items():
+        specs[name] = {"type": _infer_type(name, value), "required": True}
+        if name not in pii:
+            specs[name]["example"] = value
+    for entry in properties or []:
+        name, _, kind = entry.partition(":")
+        spec = specs.setdefault(name, {"type": kind or "string", "required": True})
+        if kind and kind != spec["type"]:
+            spec["type"] = kind
+            if "example" in spec and not _matches(kind, spec["example"]):
+                del spec["example"]
+    if not specs:
+        raise ValueError("no properties: give a sample trigger with properties, or property names")
+    for name in pii & specs.keys():
+        specs[name]["pii"] = True
+    targets = audience.get("targets")
+    mode = audience_mode or (
+        "broadcast" if audience.get("broadcast") is True else "targets" if targets else "default"
+    )
+    plan: dict[str, Any] = {"campaign_id": campaign_id, "audience": {"mode": mode}}
+    if mode == "targets":
+        plan["audience"]["targets"] = targets or [{"project_user_id": "example-user-id"}]
+    plan["dynamic_filter_keys"] = list(dynamic_filter_keys or [])
+    plan["properties"] = specs
+    problems = validate_plan_data(plan)
+    if problems:
+        raise ValueError("; ".join(map(str, problems)))
+    return plan
+
+
+def _infer_type(name: str, value: object) -> str:
+    from tasks.plan_rules import _is_datetime, _kind
+
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "datetime" if _ISO_DATE_START.fullmatch(value) and _is_datetime(value) else "string"
+    raise ValueError(f"properties.{name}: {_kind(value)} has no plan type; send a primitive")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,10 @@ import pytest
 import redis
 
 from config.keys import Scope
+from tasks.breaker import CircuitBreaker, Outcome
 from tasks.errors import DeadLettered
 from tasks.idempotency import ClaimState, new_owner
+from tasks.ratelimit import RateLimiter
 from tasks.trigger import REQUEUE_PAUSE_S, RequeueMessage
 
 #: the ``pipeline`` fixture: ``pipeline(*steps, then=, on_sleep=, **settings)`` -> Pipeline
@@ -49,6 +52,27 @@ def dead_letter(p: Any, kwargs: dict[str, Any] = KWARGS, **options: Any) -> dict
 def ambiguous_count(fake_redis: fakeredis.FakeRedis, p: Any) -> int:
     value = fake_redis.hget(p.ctx.store.keys.stats, "ambiguous_duplicates")
     return int(value) if value is not None else 0
+
+
+def requeue(p: Any, kwargs: dict[str, Any] = KWARGS, **options: Any) -> str:
+    """Run a delivery that must put its message back on the queue; return why."""
+    with pytest.raises(RequeueMessage) as caught:
+        p.run(kwargs, **options)
+    return str(caught.value)
+
+
+def another_worker(p: Any, fake_redis: fakeredis.FakeRedis) -> CircuitBreaker:
+    """A breaker of another worker process: same Redis state, its own window and cache."""
+    return CircuitBreaker(fake_redis, p.ctx.breaker.state_key)
+
+
+def fleet_wait_s(p: Any, fake_redis: fakeredis.FakeRedis) -> float:
+    """How long another worker's next request would wait for a slot of the fleet limiter."""
+    waits: list[float] = []
+    limiter = RateLimiter(
+        fake_redis, p.ctx.limiter.key, rate_per_s=1000, burst=100, sleep=waits.append
+    )
+    return limiter.acquire()
 
 
 # --- success and deduplication --------------------------------------------------------
@@ -152,12 +176,69 @@ def test_400_is_dead_lettered_as_rejected_after_one_attempt(pipeline: Pipe) -> N
     assert p.ctx.store.status(scope_of(p)).dead_entry_id == entry["id"]
 
 
-def test_401_is_sent_once_and_names_the_credentials_to_check(pipeline: Pipe) -> None:
-    p = pipeline(401)
-    entry = dead_letter(p, task_id="task-401")
-    assert (entry["reason"], entry["status_code"], entry["attempts"]) == ("rejected", 401, 1)
-    assert "CLIX_API_KEY" in entry["error"]
-    assert len(p.clix.requests) == 1
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_requeues_uncounted_and_opens_the_breaker(
+    pipeline: Pipe, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    p = pipeline(status, clix_auth_probe_s=30)
+    assert "AuthenticationFailed" in requeue(p, task_id="task-401")
+    assert len(p.clix.requests) == 1  # never resent
+    assert p.ctx.dlq.depth() == 0  # the trigger is fine: the credentials are not
+    breaker = p.ctx.breaker.state()
+    assert (breaker.state, breaker.reason) == ("open", "auth")
+    assert breaker.probe_in_s is not None
+    assert 29 < breaker.probe_in_s <= 30
+    meta = p.ctx.store.meta(scope_of(p))
+    # the claim is given back uncounted: a broken key never pushes messages
+    # towards the redelivery limit; the request it sent stays counted
+    assert (meta["deliveries"], meta["attempts"], meta["sending"]) == ("0", "1", "0")
+    assert p.ctx.store.status(scope_of(p)).state == "unknown"
+    assert p.sleeps.calls == [REQUEUE_PAUSE_S]
+    # the operator is told which variables to fix
+    assert any(
+        "CLIX_API_KEY" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
+    )
+
+
+def test_while_the_breaker_is_open_a_delivery_sends_nothing_and_claims_nothing(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    p = pipeline()
+    assert another_worker(p, fake_redis).record(Outcome.AUTH) == "opened"
+    assert "BreakerOpen" in requeue(p, task_id="task-1")
+    assert p.clix.requests == []
+    assert p.ctx.dlq.depth() == 0
+    assert p.ctx.store.meta(scope_of(p)) == {}  # not even a delivery recorded
+    assert p.ctx.store.status(scope_of(p)).state == "unknown"
+
+
+def test_a_probe_that_is_accepted_closes_the_breaker_and_sends(
+    pipeline: Pipe, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    p = pipeline(401, 200, clix_auth_probe_s=0.05)
+    requeue(p, task_id="task-1")
+    assert p.ctx.breaker.state().state == "open"
+    time.sleep(0.1)  # the probe time passes (Redis TIME: a real wait)
+    assert p.ctx.breaker.state().state == "half_open"
+    # the redelivered message is the probe; the key works again
+    assert p.run(KWARGS, task_id="task-1") == {"trigger_id": "trg-2", "deduplicated": False}
+    assert p.ctx.breaker.state().state == "closed"
+    outcomes = [getattr(r, "clix", {}).get("outcome") for r in caplog.records]
+    assert "breaker_probe" in outcomes
+    assert p.ctx.store.meta(scope_of(p))["deliveries"] == "1"
+
+
+def test_repeated_401s_never_reach_the_redelivery_limit(pipeline: Pipe) -> None:
+    p = pipeline(then=401, clix_auth_probe_s=0.01, clix_redelivery_limit=2)
+    for _ in range(4):  # more redeliveries than the limit allows
+        time.sleep(0.02)  # each redelivery is the next probe
+        requeue(p, task_id="task-1")
+    assert len(p.clix.requests) == 4  # one probe per probe interval, no more
+    assert p.ctx.dlq.depth() == 0
+    assert p.ctx.store.meta(scope_of(p))["deliveries"] == "0"
+    assert p.ctx.breaker.state().reason == "auth"
 
 
 def test_503_forever_is_dead_lettered_as_retries_exhausted(
@@ -170,6 +251,8 @@ def test_503_forever_is_dead_lettered_as_retries_exhausted(
     assert entry["status_code"] == 503
     assert len(p.clix.requests) == 3
     assert len(p.clix.sleeps.calls) == 2
+    # one bad trigger's failures stay under the breaker's minimum sample count
+    assert p.ctx.breaker.state().state == "closed"
     scope = scope_of(p)
     keys = p.ctx.store.keys
     assert fake_redis.exists(keys.lease(scope)) == 0
@@ -196,16 +279,178 @@ def test_429_is_waited_out_and_then_sent(pipeline: Pipe) -> None:
     p = pipeline(httpx.Response(429, headers={"Retry-After": "1.5"}), 200)
     assert p.run(KWARGS)["trigger_id"] == "trg-2"
     assert p.clix.sleeps.calls == [1.5]
+    # the retry also waited for the fleet limiter held back by the 429
+    # (with real sleeps the backoff has already spent that time)
+    assert p.limiter_sleeps.calls == [pytest.approx(1.5, abs=0.1)]
+    assert p.ctx.breaker.state().state == "closed"  # a 429 is no failure of Clix
+
+
+def test_429_holds_the_whole_fleet_for_retry_after(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    p = pipeline(httpx.Response(429, headers={"Retry-After": "1.5"}), 200)
+    p.run(KWARGS)
+    # another worker's next request waits out what is left of the hold
+    assert fleet_wait_s(p, fake_redis) == pytest.approx(1.5, abs=0.1)
+
+
+def test_429_hold_of_the_fleet_is_capped_by_retry_after_max(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    p = pipeline(httpx.Response(429, headers={"Retry-After": "600"}), 200)
+    p.run(KWARGS)
+    assert p.clix.sleeps.calls == [2.0]  # clix_retry_after_max_s of the test settings
+    assert p.limiter_sleeps.calls == [pytest.approx(2.0, abs=0.1)]
+
+
+def test_429s_beyond_their_wait_budget_requeue_uncounted(pipeline: Pipe) -> None:
+    p = pipeline(
+        then=httpx.Response(429, headers={"Retry-After": "1"}), clix_rate_limited_max_wait_s=2
+    )
+    assert "RateLimited" in requeue(p, task_id="task-1")
+    assert len(p.clix.requests) == 3  # two waits of 1 s fit the 2 s budget, a third not
+    assert p.ctx.dlq.depth() == 0
+    meta = p.ctx.store.meta(scope_of(p))
+    assert (meta["deliveries"], meta["attempts"]) == ("0", "3")
+    assert p.ctx.store.status(scope_of(p)).state == "unknown"
+    assert p.ctx.breaker.state().state == "closed"
+
+
+def test_low_remaining_quota_slows_the_fleet_down(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    def nearly_spent(request: httpx.Request) -> httpx.Response:
+        headers = {
+            "X-RateLimit-Limit": "1000",
+            "X-RateLimit-Remaining": "10",  # 1 %, under the 2 % watermark
+            "X-RateLimit-Reset": str(time.time() + 1.0),
+        }
+        return httpx.Response(200, json={"trigger_id": "trg-q"}, headers=headers)
+
+    p = pipeline(nearly_spent)
+    assert p.run(KWARGS)["trigger_id"] == "trg-q"
+    assert fleet_wait_s(p, fake_redis) == pytest.approx(1.0, abs=0.1)
+
+
+def test_ample_remaining_quota_does_not_slow_the_fleet(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    ample = httpx.Response(
+        200,
+        json={"trigger_id": "trg-q"},
+        headers={
+            "X-RateLimit-Limit": "1000",
+            "X-RateLimit-Remaining": "900",
+            "X-RateLimit-Reset": str(time.time() + 1.0),
+        },
+    )
+    p = pipeline(ample)
+    p.run(KWARGS)
+    assert fleet_wait_s(p, fake_redis) == 0
+
+
+# --- the circuit breaker and the rate limiter -----------------------------------------
+
+
+def test_a_5xx_storm_opens_the_breaker_and_requeues_instead_of_dead_lettering(
+    pipeline: Pipe,
+) -> None:
+    p = pipeline(then=503, clix_max_attempts=3, clix_breaker_min_samples=2)
+    assert "BreakerOpen" in requeue(p, task_id="task-1")
+    # the second failure opened the breaker: the third attempt never went out
+    assert len(p.clix.requests) == 2
+    assert p.ctx.dlq.depth() == 0
+    breaker = p.ctx.breaker.state()
+    assert (breaker.state, breaker.reason) == ("open", "outage")
+    meta = p.ctx.store.meta(scope_of(p))
+    assert (meta["deliveries"], meta["attempts"]) == ("0", "2")
+
+
+def test_rejections_are_answers_and_do_not_open_the_breaker(pipeline: Pipe) -> None:
+    p = pipeline(then=400, clix_breaker_min_samples=2)
+    for n in range(3):
+        dead_letter(p, {**KWARGS, "idempotency_key": f"order-{n}"}, task_id=f"task-{n}")
+    assert p.ctx.breaker.state().state == "closed"
+
+
+def test_every_request_takes_a_slot_of_the_fleet_limiter(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    p = pipeline(503, 503, 200, clix_rate_limit_per_s=10, clix_rate_limit_burst=1)
+    p.run(KWARGS)
+    # three requests at 10/s with no burst: waits of about 0, 0.1 and 0.2 s
+    # (recorded, not slept, so each slot is further away than the last)
+    assert p.limiter_sleeps.calls == [pytest.approx(0.1, abs=0.02), pytest.approx(0.2, abs=0.02)]
+    assert fake_redis.pttl(p.ctx.limiter.key) > 0
+
+
+def test_a_far_slot_extends_the_lease_while_waiting_without_counting_an_attempt(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    lease_pttl: list[int] = []
+
+    def hold_the_fleet(call: int, seconds: float) -> None:  # during the backoff
+        p.ctx.limiter.hold(12)  # further away than clix_rate_limit_max_wait_s (5 s)
+
+    def time_passes(call: int, seconds: float) -> None:  # the limiter's bounded waits
+        lease = p.ctx.store.keys.lease(scope_of(p))
+        lease_pttl.append(fake_redis.pttl(lease))
+        if call == 1:
+            fake_redis.pexpire(lease, 100)  # almost expired after a long wait
+        else:
+            fake_redis.delete(p.ctx.limiter.key)  # the hold is over
+
+    p = pipeline(503, 200, on_sleep=hold_the_fleet, on_limiter_sleep=time_passes)
+    assert p.run(KWARGS)["trigger_id"] == "trg-2"
+    assert p.limiter_sleeps.calls == [5.0, 5.0]
+    # after the first bounded wait the lease was extended back to its full length
+    assert lease_pttl[1] > 1_000
+    assert p.ctx.store.meta(scope_of(p))["attempts"] == "2"
+
+
+def test_a_lease_lost_while_waiting_for_a_slot_stops_sending(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    holder = new_owner("task-2")
+
+    def hold_the_fleet(call: int, seconds: float) -> None:
+        p.ctx.limiter.hold(12)
+
+    def another_delivery_takes_over(call: int, seconds: float) -> None:
+        fake_redis.delete(p.ctx.store.keys.lease(scope_of(p)))
+        p.ctx.store.claim(scope_of(p), holder)
+
+    p = pipeline(
+        503, then=200, on_sleep=hold_the_fleet, on_limiter_sleep=another_delivery_takes_over
+    )
+    assert p.run(KWARGS, task_id="task-1") == {"trigger_id": None, "deduplicated": True}
+    assert len(p.clix.requests) == 1
+    assert fake_redis.get(p.ctx.store.keys.lease(scope_of(p))) == holder.encode()
+
+
+def test_no_rate_limit_slot_in_sight_requeues_uncounted_without_claiming(pipeline: Pipe) -> None:
+    p = pipeline()
+    p.ctx.limiter.hold(3_600)  # e.g. Clix said to wait an hour
+    assert "RateLimitWaitTooLong" in requeue(p, task_id="task-1")
+    assert p.clix.requests == []
+    # bounded waits of clix_rate_limit_max_wait_s until the limiter gives up
+    assert p.limiter_sleeps.calls
+    assert set(p.limiter_sleeps.calls) == {5.0}
+    assert sum(p.limiter_sleeps.calls) <= p.ctx.limiter.give_up_s
+    assert p.ctx.store.meta(scope_of(p)) == {}
+    assert p.ctx.dlq.depth() == 0
 
 
 def test_dlq_attempts_count_requests_of_every_delivery(pipeline: Pipe) -> None:
     p = pipeline(400)
     scope = scope_of(p)
     earlier = new_owner("task-1")
+    # an earlier delivery sent twice (the claim registered its first request,
+    # the renewal its retry), then gave the claim back
     p.ctx.store.claim(scope, earlier)
-    for _ in range(2):  # an earlier delivery sent twice, then gave the claim back
-        p.ctx.store.renew(scope, earlier)
-        p.ctx.store.not_sent(scope, earlier)
+    p.ctx.store.not_sent(scope, earlier)
+    p.ctx.store.renew(scope, earlier)
+    p.ctx.store.not_sent(scope, earlier)
     p.ctx.store.release(scope, earlier)
     entry = dead_letter(p, task_id="task-1")
     assert entry["attempts"] == 3
@@ -268,11 +513,27 @@ def test_copy_takes_over_when_the_first_deliverys_lease_expires(
 ) -> None:
     p = pipeline(200)
     scope = scope_of(p)
-    p.ctx.store.claim(scope, new_owner("task-1"))  # claimed, then died before sending
+    first = new_owner("task-1")
+    p.ctx.store.claim(scope, first)
+    p.ctx.store.not_sent(scope, first)  # its request certainly failed; then it died
     sleeps = sleep_recorder(lambda call, s: fake_redis.delete(p.ctx.store.keys.lease(scope)))
     assert p.run(KWARGS, task_id="task-1", sleep=sleeps)["deduplicated"] is False
     assert len(sleeps.calls) == 1
     assert ambiguous_count(fake_redis, p) == 0
+    assert p.ctx.store.meta(scope)["attempts"] == "2"
+
+
+def test_take_over_from_a_delivery_that_died_right_after_claiming_is_counted(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    # the claim registers the first request: from the ledger a death between
+    # claim and send looks like a death mid-request, so it is counted (never missed)
+    p = pipeline(200)
+    scope = scope_of(p)
+    p.ctx.store.claim(scope, new_owner("task-1"))
+    fake_redis.delete(p.ctx.store.keys.lease(scope))
+    assert p.run(KWARGS, task_id="task-1")["deduplicated"] is False
+    assert ambiguous_count(fake_redis, p) == 1
 
 
 def test_take_over_from_a_delivery_that_died_mid_request_is_counted(

@@ -36,17 +36,45 @@ def test_new_owner_is_task_id_plus_a_fresh_nonce() -> None:
 # --- claim states ---------------------------------------------------------------------
 
 
-def test_first_claim_is_claimed_with_one_delivery_and_no_attempts(
+def test_first_claim_is_one_delivery_and_registers_its_first_attempt(
     store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
 ) -> None:
     owner = new_owner("task-1")
     claim = store.claim(scope, owner)
     assert claim.state is ClaimState.CLAIMED
     assert claim.deliveries == 1
-    assert claim.attempts == 0
+    # the caller sends next: the claim already counts that request and marks it sending
+    assert claim.attempts == 1
     assert claim.took_over_mid_request is False
+    assert store.meta(scope)["sending"] == "1"
+    assert store.meta(scope)["attempts"] == "1"
     assert fake_redis.get(keys.lease(scope)) == owner.encode()
     assert 0 < fake_redis.pttl(keys.lease(scope)) <= 30_000
+
+
+def test_claim_over_the_redelivery_limit_registers_no_attempt(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    first = new_owner("task-1")
+    store.claim(scope, first, redelivery_limit=1)
+    store.release(scope, first)
+    claim = store.claim(scope, new_owner("task-1"), redelivery_limit=1)
+    assert claim.state is ClaimState.CLAIMED
+    assert claim.deliveries == 2
+    # it will be dead-lettered, not sent: the attempt count stays the first delivery's
+    assert claim.attempts == 1
+    assert store.meta(scope)["attempts"] == "1"
+    assert store.meta(scope)["sending"] == "0"
+
+
+def test_claim_at_the_redelivery_limit_still_registers_its_attempt(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    for expected in (1, 2):
+        owner = new_owner("task-1")
+        claim = store.claim(scope, owner, redelivery_limit=2)
+        assert (claim.deliveries, claim.attempts) == (expected, expected)
+        store.release(scope, owner)
 
 
 def test_claim_after_commit_is_done_with_the_stored_trigger_id(
@@ -144,13 +172,25 @@ def test_take_over_after_an_owner_died_mid_request_is_flagged(
     short_store: IdempotencyStore, scope: Scope
 ) -> None:
     first = new_owner("task-1")
-    short_store.claim(scope, first)
-    assert short_store.renew(scope, first) == 1  # about to send; then it dies
+    assert short_store.claim(scope, first).attempts == 1  # sending its first request; it dies
     let_lease_expire()
     claim = short_store.claim(scope, new_owner("task-1"))
     assert claim.state is ClaimState.CLAIMED
     assert claim.took_over_mid_request is True
-    assert claim.attempts == 1
+    assert claim.attempts == 2  # the dead owner's request and the one this claim registers
+
+
+def test_take_over_after_an_owner_died_during_a_retry_is_flagged(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    first = new_owner("task-1")
+    short_store.claim(scope, first)
+    short_store.not_sent(scope, first)  # the first request got a 503
+    assert short_store.renew(scope, first) == 2  # sending the retry; then it dies
+    let_lease_expire()
+    claim = short_store.claim(scope, new_owner("task-1"))
+    assert claim.took_over_mid_request is True
+    assert claim.attempts == 3
 
 
 def test_take_over_after_a_request_that_was_certainly_not_sent_is_not_flagged(
@@ -158,12 +198,11 @@ def test_take_over_after_a_request_that_was_certainly_not_sent_is_not_flagged(
 ) -> None:
     first = new_owner("task-1")
     short_store.claim(scope, first)
-    short_store.renew(scope, first)
     short_store.not_sent(scope, first)  # e.g. a 503 or a refused connection
     let_lease_expire()
     claim = short_store.claim(scope, new_owner("task-1"))
     assert claim.took_over_mid_request is False
-    assert claim.attempts == 1
+    assert claim.attempts == 2
 
 
 def test_took_over_flag_is_reported_once(short_store: IdempotencyStore, scope: Scope) -> None:
@@ -194,13 +233,13 @@ def test_renew_returns_cumulative_attempts_across_deliveries(
     short_store: IdempotencyStore, scope: Scope
 ) -> None:
     first = new_owner("task-1")
-    short_store.claim(scope, first)
-    assert [short_store.renew(scope, first) for _ in range(2)] == [1, 2]
+    assert short_store.claim(scope, first).attempts == 1  # attempt 1 comes with the claim
+    assert [short_store.renew(scope, first) for _ in range(2)] == [2, 3]  # attempts 2 and 3
     let_lease_expire()
     second = new_owner("task-1")
-    assert short_store.claim(scope, second).attempts == 2
-    assert short_store.renew(scope, second) == 3
-    assert short_store.meta(scope)["attempts"] == "3"
+    assert short_store.claim(scope, second).attempts == 4
+    assert short_store.renew(scope, second) == 5
+    assert short_store.meta(scope)["attempts"] == "5"
 
 
 def test_renew_extends_the_lease(
@@ -219,10 +258,12 @@ def test_renew_by_a_non_owner_returns_none_and_counts_nothing(
 ) -> None:
     owner = new_owner("task-1")
     store.claim(scope, owner)
+    store.not_sent(scope, owner)
     assert store.renew(scope, new_owner("task-2")) is None
     assert store.renew(scope, new_owner("task-1")) is None  # same task, other delivery
     assert fake_redis.get(keys.lease(scope)) == owner.encode()
-    assert store.meta(scope).get("attempts", "0") == "0"
+    assert store.meta(scope)["attempts"] == "1"  # only the owner's claim counted
+    assert store.meta(scope)["sending"] == "0"
 
 
 def test_renew_of_a_done_scope_returns_none(store: IdempotencyStore, scope: Scope) -> None:
@@ -319,6 +360,94 @@ def test_release_of_a_done_scope_does_not_undo_it(store: IdempotencyStore, scope
     store.claim(scope, owner)
     store.commit(scope, owner, "trg-1")
     assert store.release(scope, owner) is False
+    assert store.status(scope).state == "done"
+
+
+def test_release_clears_sending(store: IdempotencyStore, scope: Scope) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.meta(scope)["sending"] == "1"
+    assert store.release(scope, owner) is True
+    assert store.meta(scope)["sending"] == "0"
+    # so the next delivery is not flagged as taking over a request in flight
+    assert store.claim(scope, new_owner("task-1")).took_over_mid_request is False
+
+
+def test_release_keeps_the_delivery_counted_by_default(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    store.release(scope, owner)
+    assert store.meta(scope)["deliveries"] == "1"
+    assert store.claim(scope, new_owner("task-1")).deliveries == 2
+
+
+def test_release_uncounted_gives_the_delivery_back(store: IdempotencyStore, scope: Scope) -> None:
+    for _ in range(3):  # e.g. three deliveries that met an open breaker or a 401
+        owner = new_owner("task-1")
+        assert store.claim(scope, owner).deliveries == 1
+        assert store.release(scope, owner, uncount=True) is True
+    assert store.meta(scope)["deliveries"] == "0"
+    # the requests they sent are still counted
+    assert store.meta(scope)["attempts"] == "3"
+
+
+def test_release_uncounted_by_a_non_owner_changes_nothing(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.release(scope, new_owner("task-2"), uncount=True) is False
+    assert store.release(scope, new_owner("task-1"), uncount=True) is False
+    assert store.meta(scope)["deliveries"] == "1"
+    assert store.meta(scope)["sending"] == "1"
+    assert store.status(scope).state == "in_flight"
+
+
+# --- extend ---------------------------------------------------------------------------
+
+
+def test_extend_by_the_owner_resets_the_lease_without_counting_an_attempt(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    store.not_sent(scope, owner)
+    fake_redis.pexpire(keys.lease(scope), 1_000)
+    assert store.extend(scope, owner) is True
+    assert 1_000 < fake_redis.pttl(keys.lease(scope)) <= 30_000
+    meta = store.meta(scope)
+    assert (meta["attempts"], meta["sending"], meta["deliveries"]) == ("1", "0", "1")
+
+
+def test_extend_by_a_non_owner_returns_false_and_leaves_the_lease(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    fake_redis.pexpire(keys.lease(scope), 1_000)
+    assert store.extend(scope, new_owner("task-2")) is False
+    assert store.extend(scope, new_owner("task-1")) is False  # same task, other delivery
+    assert fake_redis.pttl(keys.lease(scope)) <= 1_000
+    assert fake_redis.get(keys.lease(scope)) == owner.encode()
+
+
+def test_extend_after_the_lease_expired_does_not_bring_it_back(
+    short_store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    short_store.claim(scope, owner)
+    let_lease_expire()
+    assert short_store.extend(scope, owner) is False
+    assert fake_redis.exists(keys.lease(scope)) == 0
+
+
+def test_extend_of_a_done_scope_returns_false(store: IdempotencyStore, scope: Scope) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    store.commit(scope, owner, "trg-1")
+    assert store.extend(scope, owner) is False
     assert store.status(scope).state == "done"
 
 

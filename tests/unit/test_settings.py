@@ -61,6 +61,35 @@ def test_defaults_match_the_public_contract(clean_env: pytest.MonkeyPatch) -> No
     assert s.contradictions() == []
 
 
+def test_rate_limit_and_breaker_tuning_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    s = build()
+    assert s.clix_rate_limit_burst is None
+    assert s.rate_limit_burst == 100  # a tenth of a second's worth at 1000/s
+    assert s.clix_rate_limit_max_wait_s == 5.0
+    assert s.clix_rate_limit_low_watermark == 0.02
+    assert s.clix_breaker_probe_s == 5.0
+    assert s.clix_auth_probe_s == 30.0
+    assert s.clix_breaker_window == 20
+    assert s.clix_breaker_min_samples == 10
+    assert s.clix_breaker_failure_ratio == 0.8
+    assert s.max_renewal_gap_s == 35
+
+
+@pytest.mark.parametrize(
+    ("values", "burst"),
+    [
+        ({"clix_rate_limit_per_s": 250}, 25),
+        ({"clix_rate_limit_per_s": 5}, 1),  # never below one request
+        ({"clix_rate_limit_per_s": 0.5}, 1),
+        ({"clix_rate_limit_per_s": 1000, "clix_rate_limit_burst": 7}, 7),
+    ],
+)
+def test_rate_limit_burst_defaults_to_a_tenth_of_the_rate_unless_set(
+    values: dict[str, Any], burst: int
+) -> None:
+    assert build(**values).rate_limit_burst == burst
+
+
 def test_default_lease_stays_under_visibility_timeout_and_recovery_fits_120_s(
     clean_env: pytest.MonkeyPatch,
 ) -> None:
@@ -161,25 +190,58 @@ def test_restore_interval_not_under_visibility_timeout_is_refused() -> None:
     assert "CLIX_UNACKED_RESTORE_INTERVAL_S=60 must stay under" in message
 
 
-@pytest.mark.parametrize("lease", [25, 30])
-def test_lease_not_over_request_timeout_plus_longest_wait_is_refused(lease: int) -> None:
-    # gap = 10 s request timeout + max(8 s backoff, 20 s Retry-After cap) = 30 s
+@pytest.mark.parametrize("lease", [30, 35])
+def test_lease_not_over_request_timeout_plus_longest_waits_is_refused(lease: int) -> None:
+    # gap = 10 s request timeout + max(8 s backoff, 20 s Retry-After cap)
+    #       + 5 s longest single wait for a rate-limit slot = 35 s
     message = refusal(clix_lease_s=lease)
     assert f"CLIX_LEASE_S={lease} must exceed one request timeout plus the longest" in message
-    assert "(30 s)" in message
+    assert "(35 s)" in message
 
 
 def test_lease_just_over_the_renewal_gap_is_accepted() -> None:
-    assert build(clix_lease_s=30.5).max_renewal_gap_s == 30
+    assert build(clix_lease_s=35.5).max_renewal_gap_s == 35
+
+
+def test_renewal_gap_counts_the_longest_rate_limit_slot_wait() -> None:
+    assert build(clix_rate_limit_max_wait_s=1).max_renewal_gap_s == 10 + 20 + 1
+    # the longer of backoff cap and Retry-After cap counts, not both
+    assert build(clix_backoff_max_s=25, clix_lease_s=50).max_renewal_gap_s == 10 + 25 + 5
+
+
+def test_rate_limit_max_wait_not_under_visibility_timeout_is_refused() -> None:
+    message = refusal(clix_rate_limit_max_wait_s=60, clix_visibility_timeout_s=60)
+    assert "CLIX_RATE_LIMIT_MAX_WAIT_S=60 must stay under CLIX_VISIBILITY_TIMEOUT_S=60" in message
+
+
+def test_delivery_horizon_is_retry_deadline_plus_429_waits_plus_one_renewal_gap() -> None:
+    assert build().delivery_horizon_s == 30 + 60 + 35
+    assert build(clix_rate_limited_max_wait_s=0).delivery_horizon_s == 30 + 0 + 35
 
 
 def test_idempotency_ttl_not_over_the_retry_horizon_is_refused() -> None:
-    # defaults: per delivery max(30 deadline + 60 of 429 waits + 30 gap, 60) = 120 s,
-    # times (5 redeliveries + 1) = 720 s
-    assert build().retry_horizon_s == 720
-    message = refusal(clix_idempotency_ttl_s=720)
-    assert "CLIX_IDEMPOTENCY_TTL_S=720 must outlast the retry horizon (720 s" in message
-    assert build(clix_idempotency_ttl_s=721).clix_idempotency_ttl_s == 721
+    # defaults: per delivery max(30 deadline + 60 of 429 waits + 35 gap, 60) = 125 s,
+    # times (5 redeliveries + 1) = 750 s
+    assert build().retry_horizon_s == 750
+    message = refusal(clix_idempotency_ttl_s=750)
+    assert "CLIX_IDEMPOTENCY_TTL_S=750 must outlast the retry horizon (750 s" in message
+    assert build(clix_idempotency_ttl_s=751).clix_idempotency_ttl_s == 751
+
+
+def test_retry_horizon_uses_the_visibility_timeout_when_a_delivery_is_shorter() -> None:
+    short = build(
+        clix_retry_deadline_s=1,
+        clix_rate_limited_max_wait_s=0,
+        clix_request_timeout_s=1,
+        clix_backoff_initial_s=0.1,
+        clix_backoff_max_s=1,
+        clix_retry_after_max_s=1,
+        clix_rate_limit_max_wait_s=1,
+        clix_lease_s=10,
+        clix_redelivery_limit=2,
+    )
+    assert short.delivery_horizon_s == 1 + 0 + 3
+    assert short.retry_horizon_s == 60 * 3
 
 
 def test_every_contradiction_is_reported_at_once() -> None:
@@ -196,6 +258,15 @@ def test_every_contradiction_is_reported_at_once() -> None:
         ("clix_backoff_initial_s", 0),
         ("clix_retry_deadline_s", -1),
         ("clix_rate_limit_per_s", 0),
+        ("clix_rate_limit_burst", 0),
+        ("clix_rate_limit_max_wait_s", 0),
+        ("clix_rate_limit_low_watermark", 1.5),
+        ("clix_breaker_probe_s", 0),
+        ("clix_auth_probe_s", 0),
+        ("clix_breaker_window", 1),
+        ("clix_breaker_min_samples", 0),
+        ("clix_breaker_failure_ratio", 0),
+        ("clix_breaker_failure_ratio", 1.1),
         ("clix_redelivery_limit", 0),
         ("clix_idempotency_ttl_s", 59),
         ("clix_queue", ""),

@@ -1,0 +1,300 @@
+"""The fleet-wide GCRA limiter on fakeredis: reservations, holds, bounded waits, threads.
+
+Redis ``TIME`` is the limiter's clock, so time here is real: rates are high
+enough (50/s and more) that the few real waits stay short, and where the test
+is about *what* the limiter asks to wait, ``sleep`` only records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+import fakeredis
+import pytest
+
+from tasks.errors import RateLimitWaitTooLong
+from tasks.ratelimit import RateLimiter
+
+KEY = "clix:ratelimit:proj-unit"
+RATE = 50.0  # one slot every 20 ms
+INTERVAL = 1 / RATE
+
+
+class Waits:
+    """A ``sleep`` that records and returns at once (time does not pass)."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        if len(self.calls) > 1000:
+            raise AssertionError("the limiter slept more than 1000 times")
+
+
+@pytest.fixture
+def make_limiter(fake_redis: fakeredis.FakeRedis) -> Callable[..., RateLimiter]:
+    def build(**options: object) -> RateLimiter:
+        values: dict[str, object] = {"rate_per_s": RATE, "burst": 5, "sleep": Waits()}
+        values.update(options)
+        return RateLimiter(fake_redis, KEY, **values)  # type: ignore[arg-type]
+
+    return build
+
+
+def redis_now_us(fake_redis: fakeredis.FakeRedis) -> int:
+    seconds, micros = fake_redis.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
+# --- reservations ---------------------------------------------------------------------
+
+
+def test_the_first_burst_acquisitions_do_not_wait(make_limiter: Callable[..., RateLimiter]) -> None:
+    waits = Waits()
+    limiter = make_limiter(burst=5, sleep=waits)
+    assert [limiter.acquire() for _ in range(5)] == [0.0] * 5
+    assert waits.calls == []  # no sleep at all, not even sleep(0)
+
+
+def test_after_the_burst_each_wait_grows_by_one_interval(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    waits = Waits()
+    limiter = make_limiter(burst=5, sleep=waits)
+    for _ in range(5):
+        limiter.acquire()
+    returned = [limiter.acquire() for _ in range(4)]
+    # nobody really slept, so each further slot is one more interval away
+    assert waits.calls == returned
+    for n, wait in enumerate(returned, start=1):
+        assert wait == pytest.approx(n * INTERVAL, abs=0.005)
+    steps = [b - a for a, b in itertools.pairwise(returned)]
+    assert all(step == pytest.approx(INTERVAL, abs=0.003) for step in steps)
+
+
+def test_after_idle_time_the_burst_is_available_again(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    waits = Waits()
+    limiter = make_limiter(burst=5, sleep=waits)
+    for _ in range(8):  # the burst and three slots beyond it
+        limiter.acquire()
+    time.sleep(8 * INTERVAL + 0.04)  # quiet long enough for every reservation to pass
+    waits.calls.clear()
+    assert [limiter.acquire() for _ in range(5)] == [0.0] * 5
+    assert limiter.acquire() == pytest.approx(INTERVAL, abs=0.005)  # not a bigger burst
+    assert len(waits.calls) == 1
+
+
+def test_a_reservation_is_kept_even_if_its_caller_never_sends(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    first = make_limiter(burst=1)
+    second = make_limiter(burst=1)  # another worker on the same key
+    assert first.acquire() == 0.0
+    assert second.acquire() == pytest.approx(INTERVAL, abs=0.005)
+
+
+def test_limiters_of_different_projects_do_not_share_slots(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    one = RateLimiter(fake_redis, KEY + "-a", rate_per_s=RATE, burst=1, sleep=Waits())
+    two = RateLimiter(fake_redis, KEY + "-b", rate_per_s=RATE, burst=1, sleep=Waits())
+    assert (one.acquire(), two.acquire()) == (0.0, 0.0)
+
+
+# --- hold -----------------------------------------------------------------------------
+
+
+def test_hold_makes_the_next_acquisition_wait_about_that_long(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    waits = Waits()
+    limiter = make_limiter(burst=5, sleep=waits)
+    assert limiter.hold(1.5) is True
+    assert limiter.acquire() == pytest.approx(1.5, abs=0.01)
+    assert waits.calls == [pytest.approx(1.5, abs=0.01)]
+    # no burst right after a hold: the next slot follows one interval later
+    assert limiter.acquire() == pytest.approx(1.5 + INTERVAL, abs=0.01)
+
+
+def test_hold_is_seen_by_every_limiter_on_the_key(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    make_limiter().hold(0.8)
+    assert make_limiter().acquire() == pytest.approx(0.8, abs=0.01)
+
+
+def test_a_shorter_hold_does_not_shorten_a_longer_one(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter()
+    assert limiter.hold(2.0) is True
+    assert limiter.hold(0.5) is False
+    assert limiter.acquire() == pytest.approx(2.0, abs=0.01)
+
+
+def test_a_hold_that_is_over_costs_nothing(make_limiter: Callable[..., RateLimiter]) -> None:
+    limiter = make_limiter(burst=1)
+    limiter.hold(0.03)
+    time.sleep(0.05)
+    assert limiter.acquire() == 0.0
+
+
+# --- bounded waits --------------------------------------------------------------------
+
+
+def test_a_slot_beyond_max_wait_is_not_reserved_and_the_limiter_gives_up(
+    make_limiter: Callable[..., RateLimiter], fake_redis: fakeredis.FakeRedis
+) -> None:
+    waits = Waits()
+    woke: list[int] = []
+    limiter = make_limiter(max_wait_s=0.5, give_up_s=2.0, sleep=waits)
+    limiter.hold(3_600)  # far in the future: no recorded wait brings it closer
+    tat_before = fake_redis.get(KEY)
+    with pytest.raises(RateLimitWaitTooLong, match=r"no request slot within 2 s"):
+        limiter.acquire(on_wait=lambda: woke.append(len(waits.calls)))
+    # it slept the bound, was told each time, asked again; never beyond give_up_s
+    assert waits.calls == [0.5, 0.5, 0.5, 0.5]
+    assert woke == [1, 2, 3, 4]
+    assert fake_redis.get(KEY) == tat_before  # nothing was reserved
+
+
+def test_an_error_raised_by_on_wait_stops_the_wait(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    waits = Waits()
+    limiter = make_limiter(max_wait_s=0.5, sleep=waits)
+    limiter.hold(3_600)
+
+    def lease_lost() -> None:
+        raise RuntimeError("claim lost")
+
+    with pytest.raises(RuntimeError, match="claim lost"):
+        limiter.acquire(on_wait=lease_lost)
+    assert waits.calls == [0.5]
+
+
+def test_a_far_slot_is_taken_once_it_comes_within_max_wait(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    slept: list[float] = []
+
+    def real_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    woke: list[bool] = []
+    limiter = make_limiter(max_wait_s=0.1, sleep=real_sleep)
+    limiter.hold(0.25)
+    started = time.monotonic()
+    waited = limiter.acquire(on_wait=lambda: woke.append(True))
+    elapsed = time.monotonic() - started
+    assert slept[:2] == [0.1, 0.1]  # too far twice: the bound, then ask again
+    assert len(woke) == 2
+    assert 0 <= slept[-1] <= 0.1  # then the slot was within reach and reserved
+    assert waited == pytest.approx(0.25, abs=0.03)
+    assert elapsed == pytest.approx(0.25, abs=0.05)
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+def test_threads_of_many_workers_never_share_a_slot(fake_server: fakeredis.FakeServer) -> None:
+    rate, threads, each = 200.0, 8, 25
+    interval = 1 / rate
+    sent_at: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def worker() -> None:
+        conn = fakeredis.FakeRedis(server=fake_server)  # each worker its own connection
+        limiter = RateLimiter(conn, KEY, rate_per_s=rate, burst=1)  # real sleep
+        start.wait()
+        for _ in range(each):
+            limiter.acquire()
+            with lock:
+                sent_at.append(time.monotonic())
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    t0 = time.monotonic()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert len(sent_at) == threads * each
+    total = threads * each
+    # 200 distinct slots at 200/s with no burst take at least 199 intervals
+    assert elapsed >= (total - 1) * interval - 0.02
+    # the k-th send can come no earlier than the k-th slot: no two threads got the same
+    for k, at in enumerate(sorted(sent_at)):
+        assert at - t0 >= k * interval - 0.003, (k, at - t0)
+    conn = fakeredis.FakeRedis(server=fake_server)
+    assert conn.pttl(KEY) > 0
+
+
+# --- clock edge cases and expiry ------------------------------------------------------
+
+
+def test_a_tat_in_the_past_counts_as_now(
+    make_limiter: Callable[..., RateLimiter], fake_redis: fakeredis.FakeRedis
+) -> None:
+    fake_redis.set(KEY, "1")  # an ancient TAT left by a long idle spell
+    limiter = make_limiter(burst=3)
+    waits = [limiter.acquire() for _ in range(4)]
+    assert waits[:3] == [0.0, 0.0, 0.0]  # never a negative wait
+    assert waits[3] == pytest.approx(INTERVAL, abs=0.005)  # and no burst beyond 3
+    assert int(fake_redis.get(KEY)) >= redis_now_us(fake_redis)
+
+
+def test_the_tat_key_expires_shortly_after_its_last_reservation(
+    make_limiter: Callable[..., RateLimiter], fake_redis: fakeredis.FakeRedis
+) -> None:
+    limiter = make_limiter(burst=1)
+    limiter.acquire()
+    # the TAT is one interval ahead; the key lives that long plus one second
+    assert 0 < fake_redis.pttl(KEY) <= 1_000 + INTERVAL * 1000 + 5
+    limiter.hold(10)
+    assert 10_000 < fake_redis.pttl(KEY) <= 11_000 + 5 * INTERVAL * 1000 + 5
+
+
+def test_a_limiter_whose_key_expired_starts_afresh_with_its_burst(
+    make_limiter: Callable[..., RateLimiter], fake_redis: fakeredis.FakeRedis
+) -> None:
+    limiter = make_limiter(burst=2)
+    for _ in range(4):
+        limiter.acquire()
+    fake_redis.delete(KEY)  # what its PX does once the project has been idle
+    assert [limiter.acquire() for _ in range(3)] == [
+        0.0,
+        0.0,
+        pytest.approx(INTERVAL, abs=0.005),
+    ]
+
+
+# --- construction ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst"),
+    [(0, 1), (-5, 1), (10, 0), (10, -1)],
+    ids=["rate0", "rate<0", "burst0", "burst<0"],
+)
+def test_invalid_rate_or_burst_is_refused(
+    fake_redis: fakeredis.FakeRedis, rate: float, burst: int
+) -> None:
+    with pytest.raises(ValueError, match="rate_per_s must be > 0 and burst >= 1"):
+        RateLimiter(fake_redis, KEY, rate_per_s=rate, burst=burst)
+
+
+def test_burst_of_one_means_no_two_requests_in_the_same_interval(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(burst=1)
+    assert limiter.acquire() == 0.0
+    assert limiter.acquire() == pytest.approx(INTERVAL, abs=0.005)
