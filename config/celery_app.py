@@ -27,7 +27,7 @@ from celery import Celery
 
 from config.settings import Settings, get_settings
 
-__all__ = ["TASK_NAME", "app", "celery_config"]
+__all__ = ["TASK_NAME", "app", "app_settings", "celery_config"]
 
 #: Registered name of the task: part of the public contract.
 TASK_NAME = "trigger_campaign"
@@ -63,7 +63,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,
+        # Producers read our settings from the app they publish with, so an
+        # application that configures its own app (or a test) is consistent.
+        "clix_settings": settings,
     }
+
+
+def app_settings(celery_app: Celery) -> Settings:
+    """The settings an app was configured with (``celery_config``), else the environment's."""
+    settings = celery_app.conf.get("clix_settings")
+    return settings if isinstance(settings, Settings) else get_settings()
 
 
 def _make_app() -> Celery:

@@ -15,6 +15,9 @@ key                                   type     meaning, lifetime
 ``{p}:dlq:entries``                   hash     DLQ entry id -> entry JSON; durable
 ``{p}:dlq:index``                     zset     DLQ entry ids by failure time (ms)
 ``{p}:stats``                         hash     fleet-wide counters (ambiguous duplicates...)
+``{p}:pending:{campaign}:{key}``      string   accepted, not yet done/dead: kwargs; TTL
+``{p}:pending-index``                 zset     pending record keys by enqueue time (ms)
+``{p}:reconciler``                    string   lease of the worker sweeping pending records
 ``{p}:ratelimit:{project}``           string   GCRA theoretical arrival time (us); PX
 ``{p}:breaker:{project}``             hash     circuit breaker state, reason, probe_at
 ====================================  =======  ==========================================
@@ -71,8 +74,29 @@ class KeySpace:
         return f"{self.prefix}:meta:{scope.encoded()}"
 
     def scope_keys(self, scope: Scope) -> list[str]:
-        """``[lease, done, dead, meta]``: the KEYS of every ledger script."""
-        return [self.lease(scope), self.done(scope), self.dead(scope), self.meta(scope)]
+        """``[lease, done, dead, meta, pending, pending index]``: KEYS of the ledger scripts."""
+        return [
+            self.lease(scope),
+            self.done(scope),
+            self.dead(scope),
+            self.meta(scope),
+            self.pending(scope.campaign_id, scope.idempotency_key),
+            self.pending_index,
+        ]
+
+    def pending(self, campaign_id: str, idempotency_key: str) -> str:
+        """Pending record of a trigger (scoped by campaign and key: producers know no project)."""
+        return f"{self.prefix}:pending:{_part(campaign_id)}:{_part(idempotency_key)}"
+
+    @property
+    def pending_index(self) -> str:
+        """Sorted set of pending record keys, scored by enqueue time (ms)."""
+        return f"{self.prefix}:pending-index"
+
+    @property
+    def reconciler_lease(self) -> str:
+        """Held by the one worker sweeping pending records right now."""
+        return f"{self.prefix}:reconciler"
 
     def scope_pattern(self, state: str, campaign_id: str, idempotency_key: str) -> str:
         """``SCAN MATCH`` pattern of a state key for a campaign and key in any project."""

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         le=1,
         description="Slow the fleet down when X-RateLimit-Remaining/Limit falls to this share.",
     )
+    clix_reconcile_grace_s: float = Field(
+        30.0, gt=0, description="A trigger pending this long with no message in sight is lost."
+    )
+    clix_reconcile_interval_s: float = Field(
+        10.0, gt=0, description="How often one worker of the fleet sweeps pending triggers."
+    )
+    clix_reconcile_batch: int = Field(500, ge=1, description="Pending records per sweep.")
     clix_breaker_probe_s: float = Field(5.0, gt=0, description="Outage: probe interval.")
     clix_auth_probe_s: float = Field(30.0, gt=0, description="401/403: probe interval.")
     clix_breaker_window: int = Field(20, ge=2, description="Recent requests judged per process.")

@@ -25,6 +25,7 @@ from tasks.breaker import CircuitBreaker
 from tasks.client import ClixClient
 from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import IdempotencyStore
+from tasks.pending import PendingLedger
 from tasks.plans import PlanRegistry
 from tasks.ratelimit import RateLimiter
 
@@ -33,6 +34,7 @@ __all__ = [
     "circuit_breaker",
     "current",
     "plan_registry",
+    "producer_ledger",
     "rate_limiter",
     "redis_client",
     "reset",
@@ -51,6 +53,7 @@ class WorkerContext:
     limiter: RateLimiter
     breaker: CircuitBreaker
     plans: PlanRegistry
+    pending: PendingLedger
 
     @classmethod
     def build(
@@ -78,6 +81,7 @@ class WorkerContext:
             limiter=rate_limiter(settings, conn, project_id),
             breaker=circuit_breaker(settings, conn, project_id),
             plans=plan_registry(settings.clix_plans),
+            pending=PendingLedger(conn, keys, ttl_s=settings.clix_idempotency_ttl_s),
         )
 
     def close(self) -> None:
@@ -97,6 +101,25 @@ def redis_client(settings: Settings) -> redis.Redis:
         # queue (tasks.errors.route_for), the one place that decides retries.
         retry=Retry(NoBackoff(), 0),
     )
+
+
+_lock = threading.Lock()
+_producer_ledgers: dict[tuple[int, str, str], PendingLedger] = {}
+
+
+def producer_ledger(settings: Settings) -> PendingLedger:
+    """The pending ledger a producer writes to: one Redis pool per process and store."""
+    key = (os.getpid(), settings.redis_url, settings.clix_key_prefix)
+    with _lock:
+        ledger = _producer_ledgers.get(key)
+        if ledger is None:
+            ledger = PendingLedger(
+                redis_client(settings),
+                KeySpace(settings.clix_key_prefix),
+                ttl_s=settings.clix_idempotency_ttl_s,
+            )
+            _producer_ledgers[key] = ledger
+        return ledger
 
 
 @functools.lru_cache(maxsize=8)
@@ -130,7 +153,6 @@ def circuit_breaker(settings: Settings, conn: redis.Redis, project_id: str) -> C
     )
 
 
-_lock = threading.Lock()
 _context: WorkerContext | None = None
 _pid: int | None = None
 

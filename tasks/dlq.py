@@ -37,10 +37,13 @@ __all__ = ["REASONS", "DeadLetterQueue", "iso_time", "shown"]
 
 REASONS = ("invalid_payload", "rejected", "retries_exhausted", "redelivery_limit")
 
-# KEYS: entries, index, lease, done, dead, meta.  ARGV: id, entry, score_ms, owner, ttl_s
+# KEYS: entries, index, lease, done, dead, meta, pending, pending index.
+# ARGV: id, entry, score_ms, owner, ttl_s.  In the DLQ and no longer pending, in one step.
 _DEAD_LETTER_SCOPED = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('DEL', KEYS[7])
+redis.call('ZREM', KEYS[8], KEYS[7])
 local holder = redis.call('GET', KEYS[3])
 if (not holder) or holder == ARGV[4] then
   redis.call('DEL', KEYS[3])
@@ -122,18 +125,26 @@ class DeadLetterQueue:
         return entry
 
     def add(self, entry: dict[str, Any], *, scope: Scope | None = None, owner: str = "") -> str:
-        """Store ``entry``; with a ``scope``, mark it dead and drop ``owner``'s lease atomically."""
+        """Store ``entry``; with a ``scope``, mark it dead and drop ``owner``'s lease atomically.
+
+        Either way the trigger's pending record (if its campaign and key are
+        known) is cleared in the same transaction.
+        """
         encoded = json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
         score = int(entry["id"].split("-", 1)[0])
         if scope is None:
             pipe = self.redis.pipeline(transaction=True)
             pipe.hset(self.keys.dlq_entries, entry["id"], encoded)
             pipe.zadd(self.keys.dlq_index, {entry["id"]: score})
+            campaign, key = entry.get("campaign_id"), entry.get("idempotency_key")
+            if isinstance(campaign, str) and isinstance(key, str):
+                pending = self.keys.pending(campaign, key)
+                pipe.delete(pending)
+                pipe.zrem(self.keys.pending_index, pending)
             pipe.execute()
         else:
-            lease, done, dead, meta = self.keys.scope_keys(scope)
             self._scoped(
-                keys=[self.keys.dlq_entries, self.keys.dlq_index, lease, done, dead, meta],
+                keys=[self.keys.dlq_entries, self.keys.dlq_index, *self.keys.scope_keys(scope)],
                 args=[entry["id"], encoded, score, owner, self.ttl_s],
             )
         return str(entry["id"])

@@ -46,8 +46,13 @@ __all__ = ["Claim", "ClaimState", "IdempotencyStore", "Status", "new_owner"]
 # saving a round trip, unless the delivery is over the redelivery limit.
 _CLAIM = """
 local done = redis.call('GET', KEYS[2])
-if done then return {'done', done} end
 local dead = redis.call('GET', KEYS[3])
+if done or dead then
+  -- a copy of a finished trigger: its pending record (if any) is stale
+  redis.call('DEL', KEYS[5])
+  redis.call('ZREM', KEYS[6], KEYS[5])
+end
+if done then return {'done', done} end
 if dead then return {'dead', dead} end
 local holder = redis.call('GET', KEYS[1])
 if holder then
@@ -94,12 +99,13 @@ redis.call('HSET', KEYS[4], 'sending', '0')
 return 1
 """
 
-# ARGV: owner, done_json, ttl_s
+# ARGV: owner, done_json, ttl_s.  Done and no longer pending, in one step.
 _COMMIT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[5])
+redis.call('ZREM', KEYS[6], KEYS[5])
 redis.call('HSET', KEYS[4], 'sending', '0')
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 return 1
@@ -153,7 +159,7 @@ class Claim:
 class Status:
     """What the ledger knows about a scope (for ``clix-worker status``)."""
 
-    state: str  # "in_flight" | "done" | "unknown"
+    state: str  # "queued" | "in_flight" | "done" | "unknown"
     trigger_id: str | None = None
     dead_entry_id: str | None = None
 
@@ -266,11 +272,14 @@ class IdempotencyStore:
         pipe.get(self.keys.done(scope))
         pipe.exists(self.keys.lease(scope))
         pipe.get(self.keys.dead(scope))
-        done, leased, dead = pipe.execute()
+        pipe.exists(self.keys.pending(scope.campaign_id, scope.idempotency_key))
+        done, leased, dead, pending = pipe.execute()
         if done is not None:
             return Status("done", trigger_id=json.loads(_text(done))["trigger_id"])
         if leased:
             return Status("in_flight")
+        if pending:
+            return Status("queued")
         return Status("unknown", dead_entry_id=_text(dead) if dead is not None else None)
 
     def projects_for(self, campaign_id: str, idempotency_key: str) -> list[str]:

@@ -31,9 +31,9 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request as CeleryRequest
 
-from config.celery_app import TASK_NAME, app
+from config.celery_app import TASK_NAME, app, app_settings
 from config.keys import Scope
-from config.settings import Settings, get_settings
+from config.settings import Settings
 from tasks import context
 from tasks.breaker import Outcome
 from tasks.client import is_ambiguous
@@ -56,6 +56,7 @@ from tasks.errors import (
 )
 from tasks.idempotency import Claim, ClaimState, new_owner
 from tasks.models import TriggerRequest
+from tasks.pending import ENQUEUED_AT_HEADER
 from tasks.pii import pii_like_keys
 
 __all__ = ["Delivery", "RequeueMessage", "TriggerTask", "trigger_campaign"]
@@ -145,7 +146,17 @@ class TriggerTask(Task):  # type: ignore[misc]
             raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
         trigger = TriggerRequest.parse(kwargs if kwargs is not None else {})
         clean = trigger.to_kwargs()
-        check_contract(clean, get_settings(), producer=True)
+        settings = app_settings(self.app)
+        check_contract(clean, settings, producer=True)
+        # Pending record first, then the publish: a publish that fails, a broker
+        # that forgets, a message lost in a worker crash are all re-published by
+        # the reconciler. (The bulk path and the reconciler write it themselves.)
+        ledger = context.producer_ledger(settings)
+        enqueued_at_ms = options.pop("clix_enqueued_at_ms", None)
+        if enqueued_at_ms is None:
+            enqueued_at_ms = ledger.now_ms()
+            ledger.record([clean], enqueued_at_ms)
+        options["headers"] = {**(options.get("headers") or {}), ENQUEUED_AT_HEADER: enqueued_at_ms}
         options.setdefault("argsrepr", "()")
         options.setdefault("kwargsrepr", summary(clean))
         return super().apply_async((), clean, **options)

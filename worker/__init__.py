@@ -25,6 +25,7 @@ try:
     from config.celery_app import app
     from tasks import context
     from worker.consumption import BreakerConsumption
+    from worker.reconciliation import Reconciliation
 except ConfigurationError as _exc:
     # Invalid settings: one clear line instead of an import traceback, for the
     # worker, Flower and the CLI alike (exit 2: fix the configuration).
@@ -90,6 +91,7 @@ def warn_about_redis(url: str) -> None:
 
 app.steps["worker"].add(StartupCheck)
 app.steps["consumer"].add(BreakerConsumption)
+app.steps["consumer"].add(Reconciliation)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -170,7 +170,8 @@ def status(campaign_id: str, idempotency_key: str, project: str | None, as_json:
     settings = _settings()
     store = _store(settings)
     project = project or settings.clix_project_id
-    projects = [project] if project else store.projects_for(campaign_id, idempotency_key)
+    # without a project id, find it; a trigger still queued (pending) has no project yet
+    projects = [project] if project else store.projects_for(campaign_id, idempotency_key) or [""]
     found = Status("unknown")
     for candidate in projects:
         found = store.status(Scope(candidate, campaign_id, idempotency_key))

@@ -1,0 +1,168 @@
+"""Lose nothing even when the broker does: the pending ledger and the reconciler."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from tasks import enqueue_trigger
+from tasks.trigger import trigger_campaign
+from tests.integration.conftest import Fleet
+from tests.integration.processes import SandboxProcess, cli, cli_json, wait_until
+from worker.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def _write_triggers(path: Path, campaign: str, n: int) -> list[str]:
+    keys = [f"k{i}" for i in range(n)]
+    path.write_text(
+        "".join(
+            json.dumps({"campaign_id": campaign, "idempotency_key": k, "properties": {"key": k}})
+            + "\n"
+            for k in keys
+        )
+    )
+    return keys
+
+
+def _accepted(sandbox: SandboxProcess, campaign: str) -> Counter[str]:
+    return Counter(
+        r["body"]["properties"]["key"] for r in sandbox.requests(campaign) if r["status"] == 200
+    )
+
+
+def _wait_all(fleet: Fleet, sandbox: SandboxProcess, campaign: str, keys: list[str]) -> None:
+    """Wait until every key was accepted; on timeout, say where the missing ones are."""
+    try:
+        wait_until(
+            lambda: set(_accepted(sandbox, campaign)) >= set(keys), 240, "every trigger", every_s=1
+        )
+    except AssertionError:
+        missing = sorted(set(keys) - set(_accepted(sandbox, campaign)))
+        conn = fleet.redis()
+        states = Counter(fleet.store.status(fleet.scope(campaign, k)).state for k in missing)
+        lines = [x for w in fleet.workers for x in w.log().splitlines() if "reconcil" in x]
+        raise AssertionError(
+            f"{len(missing)} never delivered, e.g. {missing[:5]}; ledger states {dict(states)}; "
+            f"pending {conn.zcard(fleet.keys.pending_index)}; "
+            f"queue {conn.llen(fleet.queue)}; unacked {conn.hlen('unacked')}; "
+            f"dlq {len(fleet.dlq.entries())}; "
+            f"reconciler lines {lines[-5:]}"
+        ) from None
+
+
+def _ambiguous(fleet: Fleet) -> int:
+    return int(fleet.redis().hget(fleet.keys.stats, "ambiguous_duplicates") or 0)
+
+
+def test_publish_that_fails_after_the_pending_write_is_delivered_by_the_reconciler(
+    fleet: Fleet, sandbox: SandboxProcess, campaign: str
+) -> None:
+    dead_broker = Connection("redis://127.0.0.1:1/0", connect_timeout=1)
+    # kombu raises OperationalError or, from its virtual transport, an IndexError
+    with pytest.raises(Exception):  # noqa: B017, PT011
+        trigger_campaign.apply_async(
+            kwargs={"campaign_id": campaign, "idempotency_key": "lost-publish"},
+            producer=dead_broker.Producer(),
+            retry=False,
+        )
+    dead_broker.release()
+    assert cli_json(fleet.env, "status", campaign, "lost-publish")["state"] == "queued"
+
+    wait_until(
+        lambda: fleet.store.status(fleet.scope(campaign, "lost-publish")).state == "done",
+        30,
+        "the reconciler to re-publish the trigger",
+    )
+    assert len(sandbox.requests(campaign)) == 1
+    assert any("re-published" in w.log() for w in fleet.workers)
+    assert not fleet.redis().exists(fleet.keys.pending(campaign, "lost-publish"))
+
+
+def test_reconciler_leaves_a_backlog_alone_and_in_flight_triggers_unsent(
+    own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str, tmp_path: Path
+) -> None:
+    fleet = own_fleet()
+    keys = _write_triggers(tmp_path / "t.jsonl", campaign, 300)
+    assert cli(fleet.env, "enqueue", "--file", str(tmp_path / "t.jsonl")).returncode == 0
+    sandbox.script(campaign, {"status": 200, "delay_ms": 6000})  # k0 stays in flight 6 s
+    time.sleep(4)  # every pending record is now older than the grace period
+    worker = fleet.start_worker(concurrency=2)
+    wait_until(lambda: set(_accepted(sandbox, campaign)) == set(keys), 120, "the backlog")
+    time.sleep(2)
+    assert set(_accepted(sandbox, campaign).values()) == {1}  # nothing doubled
+    assert "re-published" not in worker.log()
+    assert fleet.redis().zcard(fleet.keys.pending_index) == 0
+
+
+def test_broker_restarted_without_persistence_loses_nothing(
+    own_fleet: Callable[..., Fleet],
+    sandbox: SandboxProcess,
+    campaign: str,
+    tmp_path: Path,
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    broker = RedisServer(appendonly=False).start()
+    try:
+        fleet = own_fleet(CELERY_BROKER_URL=broker.url)
+        keys = _write_triggers(tmp_path / "t.jsonl", campaign, 1000)
+        fleet.start_worker(concurrency=2)
+        assert cli(fleet.env, "enqueue", "--file", str(tmp_path / "t.jsonl")).returncode == 0
+        wait_until(lambda: len(_accepted(sandbox, campaign)) >= 150, 60, "the drain to start")
+        port = broker.port
+        broker.stop()  # forgets every queued trigger
+        broker = RedisServer(port=port, appendonly=False).start()
+
+        wait_until(
+            lambda: set(_accepted(sandbox, campaign)) == set(keys),
+            240,
+            "every trigger after the broker came back",
+            every_s=1,
+        )
+        doubled = sum(n - 1 for n in _accepted(sandbox, campaign).values())
+        assert doubled <= _ambiguous(fleet)
+    finally:
+        broker.stop()
+
+
+def test_sigkilling_the_worker_main_process_over_and_over_loses_nothing(
+    own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str, tmp_path: Path
+) -> None:
+    fleet = own_fleet(CLIX_VISIBILITY_TIMEOUT_S="10", CLIX_UNACKED_RESTORE_INTERVAL_S="1")
+    keys = _write_triggers(tmp_path / "t.jsonl", campaign, 2000)
+    assert cli(fleet.env, "enqueue", "--file", str(tmp_path / "t.jsonl")).returncode == 0
+    rng = random.Random(2026)
+    kills = 0
+    while kills < 10 and len(_accepted(sandbox, campaign)) < len(keys):
+        worker = fleet.start_worker(concurrency=2)
+        time.sleep(rng.uniform(0.2, 0.8))
+        worker.kill()
+        kills += 1
+    fleet.start_worker(concurrency=2)
+
+    _wait_all(fleet, sandbox, campaign, keys)
+    accepted = _accepted(sandbox, campaign)
+    doubled = sum(n - 1 for n in accepted.values())
+    print(
+        f"\n{kills} SIGKILLs of the main process; 0 of {len(keys)} lost; "
+        f"{doubled} ambiguous duplicate(s), {_ambiguous(fleet)} counted"
+    )
+    assert kills >= 10
+    assert doubled <= _ambiguous(fleet)
+    assert fleet.dlq.entries() == []
+
+
+def test_enqueue_trigger_writes_a_pending_record_that_delivery_clears(
+    fleet: Fleet, campaign: str
+) -> None:
+    enqueue_trigger(campaign, "tracked").get(timeout=30)
+    assert not fleet.redis().exists(fleet.keys.pending(campaign, "tracked"))
+    assert cli_json(fleet.env, "status", campaign, "tracked")["state"] == "done"
