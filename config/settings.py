@@ -179,6 +179,11 @@ class Settings(BaseSettings):
                     f"{name}={value:g} must stay under CLIX_VISIBILITY_TIMEOUT_S={vt:g}, "
                     "or the broker redelivers messages that are still being worked on"
                 )
+        if self.clix_breaker_min_samples > self.clix_breaker_window:
+            problems.append(
+                f"CLIX_BREAKER_MIN_SAMPLES={self.clix_breaker_min_samples} is larger than "
+                f"CLIX_BREAKER_WINDOW={self.clix_breaker_window}: the breaker could never open"
+            )
         if self.max_renewal_gap_s >= self.clix_lease_s:
             problems.append(
                 f"CLIX_LEASE_S={self.clix_lease_s:g} must exceed one request timeout plus the "
@@ -209,6 +214,11 @@ class Settings(BaseSettings):
         )
 
     @property
+    def rate_limit_give_up_s(self) -> float:
+        """How long a delivery waits for a request slot in all before going back to the queue."""
+        return 4 * self.clix_rate_limit_max_wait_s
+
+    @property
     def rate_limit_burst(self) -> int:
         """``CLIX_RATE_LIMIT_BURST``, or a tenth of a second's worth of requests."""
         return self.clix_rate_limit_burst or max(1, int(self.clix_rate_limit_per_s / 10))
@@ -217,7 +227,10 @@ class Settings(BaseSettings):
     def delivery_horizon_s(self) -> float:
         """Longest time one delivery can keep sending (retries, 429 waits, the last request)."""
         return (
-            self.clix_retry_deadline_s + self.clix_rate_limited_max_wait_s + self.max_renewal_gap_s
+            self.clix_retry_deadline_s
+            + self.clix_rate_limited_max_wait_s
+            + self.rate_limit_give_up_s
+            + self.max_renewal_gap_s
         )
 
     @property

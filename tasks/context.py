@@ -136,6 +136,7 @@ def rate_limiter(settings: Settings, conn: redis.Redis, project_id: str) -> Rate
         rate_per_s=settings.clix_rate_limit_per_s,
         burst=settings.rate_limit_burst,
         max_wait_s=settings.clix_rate_limit_max_wait_s,
+        give_up_s=settings.rate_limit_give_up_s,
     )
 
 

@@ -214,18 +214,19 @@ def test_rate_limit_max_wait_not_under_visibility_timeout_is_refused() -> None:
     assert "CLIX_RATE_LIMIT_MAX_WAIT_S=60 must stay under CLIX_VISIBILITY_TIMEOUT_S=60" in message
 
 
-def test_delivery_horizon_is_retry_deadline_plus_429_waits_plus_one_renewal_gap() -> None:
-    assert build().delivery_horizon_s == 30 + 60 + 35
-    assert build(clix_rate_limited_max_wait_s=0).delivery_horizon_s == 30 + 0 + 35
+def test_delivery_horizon_is_retry_deadline_plus_429_and_slot_waits_plus_one_renewal_gap() -> None:
+    # 30 deadline + 60 of 429 waits + 20 waiting for a rate-limit slot (4 x 5) + 35 gap
+    assert build().delivery_horizon_s == 30 + 60 + 20 + 35
+    assert build(clix_rate_limited_max_wait_s=0).delivery_horizon_s == 30 + 0 + 20 + 35
 
 
 def test_idempotency_ttl_not_over_the_retry_horizon_is_refused() -> None:
-    # defaults: per delivery max(30 deadline + 60 of 429 waits + 35 gap, 60) = 125 s,
-    # times (5 redeliveries + 1) = 750 s
-    assert build().retry_horizon_s == 750
-    message = refusal(clix_idempotency_ttl_s=750)
-    assert "CLIX_IDEMPOTENCY_TTL_S=750 must outlast the retry horizon (750 s" in message
-    assert build(clix_idempotency_ttl_s=751).clix_idempotency_ttl_s == 751
+    # defaults: per delivery max(30 deadline + 60 of 429 waits + 20 of slot waits + 35 gap,
+    # 60) = 145 s, times (5 redeliveries + 1) = 870 s
+    assert build().retry_horizon_s == 870
+    message = refusal(clix_idempotency_ttl_s=870)
+    assert "CLIX_IDEMPOTENCY_TTL_S=870 must outlast the retry horizon (870 s" in message
+    assert build(clix_idempotency_ttl_s=871).clix_idempotency_ttl_s == 871
 
 
 def test_retry_horizon_uses_the_visibility_timeout_when_a_delivery_is_shorter() -> None:
@@ -240,7 +241,7 @@ def test_retry_horizon_uses_the_visibility_timeout_when_a_delivery_is_shorter() 
         clix_lease_s=10,
         clix_redelivery_limit=2,
     )
-    assert short.delivery_horizon_s == 1 + 0 + 3
+    assert short.delivery_horizon_s == 1 + 0 + 4 + 3
     assert short.retry_horizon_s == 60 * 3
 
 
@@ -355,3 +356,8 @@ def test_get_settings_is_loaded_once(fresh_get_settings: pytest.MonkeyPatch) -> 
     fresh_get_settings.setenv("CLIX_PROJECT_ID", "proj-changed")
     assert get_settings() is first
     assert first.clix_project_id == "proj-once"
+
+
+def test_breaker_that_could_never_open_is_refused() -> None:
+    message = refusal(clix_breaker_window=5, clix_breaker_min_samples=10)
+    assert "CLIX_BREAKER_MIN_SAMPLES=10 is larger than CLIX_BREAKER_WINDOW=5" in message
