@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -134,6 +134,15 @@ class Settings(BaseSettings):
     clix_queue: str = Field("clix.triggers", min_length=1, description="Broker queue name.")
     clix_key_prefix: str = Field("clix", min_length=1, description="Namespace of Redis keys.")
     clix_result_ttl_s: int = Field(86_400, ge=60, description="Celery task results expire after.")
+    clix_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve Prometheus metrics from each worker's main process on this port.",
+    )
+    clix_log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Worker log lines: json, text, or auto (text on a terminal, else json)."
+    )
 
     @field_validator("clix_base_url")
     @classmethod
@@ -148,6 +157,16 @@ class Settings(BaseSettings):
                 f"(localhost, 127.0.0.0/8, ::1), got host {parts.hostname!r}; use https://"
             )
         return value
+
+    @field_validator("clix_log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("clix_metrics_port", mode="before")
+    @classmethod
+    def _blank_port_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("clix_project_id")
     @classmethod

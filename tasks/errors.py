@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -69,7 +70,13 @@ __all__ = [
 
 
 class ClixWorkerError(Exception):
-    """Root of every error this project raises on purpose."""
+    """Root of every error this project raises on purpose.
+
+    Subclasses with their own constructor arguments define ``__reduce__``:
+    Celery pickles a task's exception to record and log it, and an exception
+    that does not round-trip is replaced by a generic wrapper (which also
+    defeats the task's ``throws``).
+    """
 
 
 class InvalidTrigger(ClixWorkerError, ValueError):
@@ -79,6 +86,9 @@ class InvalidTrigger(ClixWorkerError, ValueError):
         self.problems = problems
         super().__init__("invalid trigger: " + "; ".join(problems))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
+
 
 class ClixError(ClixWorkerError):
     """Calling Clix failed. Never carries the API key: only status and Clix's message."""
@@ -86,6 +96,9 @@ class ClixError(ClixWorkerError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         self.status_code = status_code
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
 
 
 class TransientError(ClixError):
@@ -164,6 +177,17 @@ class DeadLettered(ClixWorkerError):
         self.entry_id = entry_id
         self.reason = reason
         super().__init__(f"dead-lettered as {entry_id} ({reason})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.entry_id, self.reason))
+
+
+def _rebuild(cls: type[ClixError], message: str, state: dict[str, Any]) -> ClixError:
+    """Unpickle a :class:`ClixError` whatever its subclass's keyword arguments."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -278,9 +278,11 @@ class IdempotencyStore:
             return Status("done", trigger_id=json.loads(_text(done))["trigger_id"])
         if leased:
             return Status("in_flight")
+        if dead is not None:  # a copy enqueued again stays dead until the entry is replayed
+            return Status("unknown", dead_entry_id=_text(dead))
         if pending:
             return Status("queued")
-        return Status("unknown", dead_entry_id=_text(dead) if dead is not None else None)
+        return Status("unknown")
 
     def projects_for(self, campaign_id: str, idempotency_key: str) -> list[str]:
         """Projects that have ledger state for this campaign and key (a SCAN: ops use only)."""

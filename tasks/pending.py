@@ -96,11 +96,15 @@ class PendingLedger:
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     def requeued(self, record: PendingTrigger, enqueued_at_ms: int) -> None:
-        """The reconciler published it again: restamp record and index."""
+        """The reconciler published it again: restamp record and index, if still pending.
+
+        ``XX`` on both: a worker may have finished the trigger (clearing the
+        record) between the publish and this restamp; it must not come back.
+        """
         value = {"kwargs": record.kwargs, "enqueued_at_ms": enqueued_at_ms}
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(record.key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s)
-        pipe.zadd(self.keys.pending_index, {record.key: enqueued_at_ms})
+        pipe.set(record.key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s, xx=True)
+        pipe.zadd(self.keys.pending_index, {record.key: enqueued_at_ms}, xx=True)
         pipe.execute()
 
     def postpone(self, key: str, now_ms: int) -> None:

@@ -26,10 +26,20 @@ from tasks.errors import RateLimitWaitTooLong
 
 __all__ = ["RateLimiter"]
 
-# KEYS: tat.  ARGV: interval_us, tolerance_us, max_wait_us.  -> {reserved, wait_us}
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+# Both scripts take the time from Redis (TIME) so that hosts need not agree on it,
+# unless the caller passes a clock reading (ARGV now_us > 0: tests).
+_NOW = """
+local now = tonumber(ARGV[#ARGV])
+if now <= 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"""
+
+# KEYS: tat.  ARGV: interval_us, tolerance_us, max_wait_us, now_us.  -> {reserved, wait_us}
+_RESERVE = (
+    _NOW
+    + """
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
@@ -41,11 +51,12 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat),
            'PX', math.floor((new_tat - now) / 1000) + 1000)
 return {1, wait}
 """
+)
 
-# KEYS: tat.  ARGV: hold_us, tolerance_us.  Nobody gets a slot before now + hold.
-_HOLD = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+# KEYS: tat.  ARGV: hold_us, tolerance_us, now_us.  Nobody gets a slot before now + hold.
+_HOLD = (
+    _NOW
+    + """
 local target = now + tonumber(ARGV[1]) + tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if target > tat then
@@ -55,6 +66,7 @@ if target > tat then
 end
 return 0
 """
+)
 
 
 class RateLimiter:
@@ -70,6 +82,7 @@ class RateLimiter:
         max_wait_s: float = 5.0,
         give_up_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if rate_per_s <= 0 or burst < 1:
             raise ValueError("rate_per_s must be > 0 and burst >= 1")
@@ -82,6 +95,8 @@ class RateLimiter:
         self.max_wait_s = max_wait_s
         self.give_up_s = give_up_s
         self._sleep = sleep
+        # None: Redis TIME, shared by every host (production); a function: tests
+        self._clock = clock
         self._reserve = redis_client.register_script(_RESERVE)
         self._hold = redis_client.register_script(_HOLD)
 
@@ -96,7 +111,8 @@ class RateLimiter:
         max_wait_us = int(self.max_wait_s * 1_000_000)
         while True:
             reserved, wait_us = self._reserve(
-                keys=[self.key], args=[self.interval_us, self.tolerance_us, max_wait_us]
+                keys=[self.key],
+                args=[self.interval_us, self.tolerance_us, max_wait_us, self._now_us()],
             )
             wait_s = int(wait_us) / 1_000_000
             if reserved:
@@ -116,4 +132,12 @@ class RateLimiter:
 
     def hold(self, seconds: float) -> bool:
         """Give nobody a slot for ``seconds`` (fleet-wide); True if this moved the TAT."""
-        return bool(self._hold(keys=[self.key], args=[int(seconds * 1_000_000), self.tolerance_us]))
+        return bool(
+            self._hold(
+                keys=[self.key],
+                args=[int(seconds * 1_000_000), self.tolerance_us, self._now_us()],
+            )
+        )
+
+    def _now_us(self) -> int:
+        return 0 if self._clock is None else int(self._clock() * 1_000_000)

@@ -90,7 +90,7 @@ class RedisBrokerView:
                     body = base64.b64decode(body)
                 kwargs = json.loads(body)[1]
                 found.add((str(kwargs["campaign_id"]), str(kwargs["idempotency_key"])))
-            except (ValueError, KeyError, TypeError, IndexError):
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                 continue  # not a trigger message
         return found
 

@@ -55,6 +55,7 @@ from tasks.errors import (
     route_for,
 )
 from tasks.idempotency import Claim, ClaimState, new_owner
+from tasks.metrics import count_outcome, observe_request, status_of
 from tasks.models import TriggerRequest
 from tasks.pending import ENQUEUED_AT_HEADER
 from tasks.pii import pii_like_keys
@@ -299,6 +300,7 @@ class Delivery:
         self, number: int, error: ClixError | None, latency_ms: float, quota: Quota | None
     ) -> None:
         assert self.scope is not None
+        observe_request(latency_ms / 1000, status_of(error))
         self._last_ambiguous = is_ambiguous(error)
         self._tell_breaker(error)
         self._pace(error, quota)
@@ -426,6 +428,9 @@ class Delivery:
         self._log("ambiguous_duplicate", why=why, fleet_total=total, level=logging.WARNING)
 
     def _log(self, outcome: str, level: int = logging.INFO, **more: Any) -> None:
+        # Every outcome event passes here exactly once: count it (labels are bounded
+        # and validated in tasks.metrics; ids and keys never become labels).
+        count_outcome(outcome, more.get("reason"))
         event = {"outcome": outcome, **self.fields}
         event.update((k, v) for k, v in more.items() if v is not None)
         logger.log(

@@ -6,6 +6,9 @@ lacks the Clix credentials (exit code 78, ``EX_CONFIG``) or its settings are
 invalid or contradict each other (exit code 2, as for every command), naming
 the variable, instead of failing at the first send. Flower (``celery -A worker
 flower``) imports this too but skips the credentials check: it sends nothing.
+
+It also imports ``worker.logs``, which formats the log handlers Celery sets up
+(JSON lines or text, as ``CLIX_LOG_FORMAT`` says) and masks the API key in them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ try:
     import tasks  # noqa: F401 - registers trigger_campaign on the app
     from config.celery_app import app
     from tasks import context
+    from worker import logs as _logs  # noqa: F401 - formats the handlers Celery sets up
     from worker.consumption import BreakerConsumption
+    from worker.metrics import MetricsServer
     from worker.reconciliation import Reconciliation
 except ConfigurationError as _exc:
     # Invalid settings: one clear line instead of an import traceback, for the
@@ -90,6 +95,8 @@ def warn_about_redis(url: str) -> None:
 
 
 app.steps["worker"].add(StartupCheck)
+# Before the pool forks: multiprocess metric files; then /metrics on CLIX_METRICS_PORT.
+app.steps["worker"].add(MetricsServer)
 app.steps["consumer"].add(BreakerConsumption)
 app.steps["consumer"].add(Reconciliation)
 

@@ -318,6 +318,66 @@ def dlq_purge(entry_ids: tuple[str, ...], select_all: bool, yes: bool, as_json: 
     sys.exit(RET_FAILED if missing else RET_OK)
 
 
+# --- check -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--worker/--no-worker",
+    "for_worker",
+    default=True,
+    show_default=True,
+    help="Also require what a sending worker needs (credentials, plans).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for Redis and the broker.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
+    """Readiness: settings valid, Redis and the broker answer; exit 0 only if all pass."""
+    import redis as redis_lib
+
+    from config.celery_app import app
+
+    results: dict[str, str] = {}
+    try:
+        settings = get_settings()
+        results["settings"] = "ok"
+    except ConfigurationError as exc:
+        _emit({"settings": str(exc)}, as_json, f"settings  FAILED: {exc}")
+        sys.exit(RET_FAILED)
+    if for_worker:
+        try:
+            from tasks.context import plan_registry
+
+            settings.require_credentials()
+            plan_registry(settings.clix_plans)
+            results["credentials"] = "ok"
+        except ConfigurationError as exc:
+            results["credentials"] = f"FAILED: {exc}"
+    try:
+        conn = redis_lib.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
+        conn.ping()
+        results["redis"] = "ok"
+    except (redis_lib.RedisError, OSError) as exc:
+        results["redis"] = f"FAILED: {type(exc).__name__}: {exc}"
+    try:
+        with app.connection_for_write() as conn_w:
+            conn_w.ensure_connection(max_retries=1, timeout=timeout_s)
+        results["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
+        results["broker"] = f"FAILED: {type(exc).__name__}: {exc}"
+    human = "\n".join(f"{name:<12} {value}" for name, value in results.items())
+    _emit(results, as_json, human)
+    sys.exit(RET_OK if all(v == "ok" for v in results.values()) else RET_FAILED)
+
+
 # --- health ------------------------------------------------------------------
 
 
@@ -362,6 +422,15 @@ def sandbox(args: tuple[str, ...]) -> None:
     from worker.sandbox import main as sandbox_main
 
     sys.exit(sandbox_main(list(args)))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def metrics(args: tuple[str, ...]) -> None:
+    """Serve Prometheus metrics of workers sharing PROMETHEUS_MULTIPROC_DIR (see --help)."""
+    from worker.metrics import main as metrics_main
+
+    sys.exit(metrics_main(list(args)))
 
 
 @cli.command()

@@ -151,6 +151,10 @@ def serve_metrics(
 class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
     """Worker bootstep: file-backed metrics before the pool forks; ``/metrics`` on the port."""
 
+    # Serve once the pool processes exist: the exporter's Redis connections are
+    # then never opened before a fork (the set-up in __init__ runs earlier still).
+    requires = ("celery.worker.components:Pool",)
+
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.server: WSGIServer | None = None
@@ -188,9 +192,13 @@ class MetricsServer(bootsteps.StartStopStep):  # type: ignore[misc]
 
 def main(argv: list[str] | None = None) -> int:
     """Serve metrics until killed: a standalone exporter (``clix-worker metrics``)."""
-    parser = argparse.ArgumentParser(prog="clix-worker metrics", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="clix-worker metrics",
+        description="Serve /metrics for the workers that share PROMETHEUS_MULTIPROC_DIR with "
+        "this process (run them without CLIX_METRICS_PORT), plus the gauges read from Redis.",
+    )
     parser.add_argument("--port", type=int, default=None, help="default: CLIX_METRICS_PORT")
-    parser.add_argument("--addr", default=DEFAULT_ADDR)
+    parser.add_argument("--addr", default=DEFAULT_ADDR, help=f"default: {DEFAULT_ADDR}")
     args = parser.parse_args(argv)
     port = args.port if args.port is not None else metrics_port()
     if port is None:

@@ -15,7 +15,7 @@ from typing import Any
 import fakeredis
 import httpx
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -307,7 +307,7 @@ def test_collector_reports_redis_down_instead_of_failing(
 
 def test_kombu_probe_counts_messages_of_a_non_redis_broker() -> None:
     queue = "clix.metrics.unit"
-    with Connection("memory://") as conn:
+    with Connection("memory://") as conn:  # type: ignore[no-untyped-call]
         simple = conn.SimpleQueue(queue)
         simple.put({"n": 1})
         simple.put({"n": 2})
