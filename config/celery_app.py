@@ -40,7 +40,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": settings.clix_unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
     }
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.redis_url,
         "broker_transport_options": transport_options,
@@ -66,6 +66,31 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Producers read our settings from the app they publish with, so an
         # application that configures its own app (or a test) is consistent.
         "clix_settings": settings,
+    }
+    if settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        config.update(_amqp_config(settings))
+    return config
+
+
+def _amqp_config(settings: Settings) -> dict[str, Any]:
+    """RabbitMQ: a durable (quorum by default) trigger queue, publisher confirms.
+
+    Quorum queues replicate and survive a node restart; they do not support the
+    global QoS Celery uses by default, which ``worker_detect_quorum_queues``
+    (on by default) turns off for us.
+    """
+    from kombu.entity import Exchange, Queue
+
+    name = settings.clix_queue
+    arguments = {"x-queue-type": settings.clix_amqp_queue_type}
+    exchange = Exchange(name, type="direct", durable=True)  # type: ignore[no-untyped-call]
+    queue = Queue(  # type: ignore[no-untyped-call]
+        name, exchange, routing_key=name, durable=True, queue_arguments=arguments
+    )
+    return {
+        "task_queues": (queue,),
+        # a publish returns only once RabbitMQ has the message
+        "broker_transport_options": {"confirm_publish": True},
     }
 
 

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
         5, ge=1, description="Deliveries of one key before it is dead-lettered as poison."
     )
     clix_queue: str = Field("clix.triggers", min_length=1, description="Broker queue name.")
+    clix_amqp_queue_type: Literal["quorum", "classic"] = Field(
+        "quorum", description="RabbitMQ broker: type of the durable trigger queue."
+    )
     clix_key_prefix: str = Field("clix", min_length=1, description="Namespace of Redis keys.")
     clix_result_ttl_s: int = Field(86_400, ge=60, description="Celery task results expire after.")
     clix_metrics_port: int | None = Field(

@@ -128,7 +128,9 @@ class Fleet:
         return worker
 
     def settings(self) -> Settings:
-        values = {k.lower(): v for k, v in self.env.items() if k.startswith(("CLIX_", "REDIS"))}
+        values = {
+            k.lower(): v for k, v in self.env.items() if k.startswith(("CLIX_", "REDIS", "CELERY_"))
+        }
         return Settings(**values, _env_file=None)  # type: ignore[call-arg]
 
     def send(self, **kwargs: Any) -> str:
@@ -145,6 +147,11 @@ class Fleet:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+        broker = self.env.get("CELERY_BROKER_URL", "")
+        if broker.startswith("amqp") and self.celery is not None:
+            # RabbitMQ queues are durable: do not leave test queues behind
+            with self.celery.connection_for_write() as conn:
+                conn.default_channel.queue_delete(self.queue)
         if self.celery is not None:
             self.celery.close()
 
@@ -221,6 +228,23 @@ def own_sandbox(workdir: Path, api_key: str) -> Iterator[Callable[..., SandboxPr
     yield start
     for proc in made:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """A RabbitMQ broker (``RABBITMQ_URL``, default the local guest account), or a clear skip."""
+    from kombu import Connection
+
+    url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not here"
+        pytest.skip(
+            f"RabbitMQ tests skipped: no broker at {url} ({type(exc).__name__}); "
+            "start rabbitmq-server or set RABBITMQ_URL"
+        )
+    return url
 
 
 @pytest.fixture
