@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Fleet
-from tests.integration.processes import SandboxProcess, wait_until
+from tests.integration.processes import SandboxProcess, cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +151,38 @@ def test_message_that_keeps_killing_its_worker_is_dead_lettered_as_redelivery_li
     assert dead["trigger"] == {"campaign_id": campaign, "idempotency_key": "poison"}
     assert len(sandbox.requests(campaign)) <= 2  # the third delivery sent nothing
     assert worker.proc.poll() is None
+
+
+def test_sigterm_during_a_batch_finishes_or_returns_every_trigger(
+    own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str, tmp_path: Path
+) -> None:
+    fleet = own_fleet()
+    keys = [f"k{i}" for i in range(300)]
+    batch = tmp_path / "batch.jsonl"
+    lines = [{"campaign_id": campaign, "idempotency_key": k, "properties": {"key": k}} for k in keys]
+    batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    )
+    first = fleet.start_worker(concurrency=2)
+    assert cli(fleet.env, "enqueue", "--file", str(batch)).returncode == 0
+    wait_until(lambda: len(sandbox.requests(campaign)) >= 30, 60, "the batch to be under way")
+    first.proc.send_signal(signal.SIGTERM)  # warm shutdown
+    assert first.proc.wait(timeout=60) == 0
+    fleet.start_worker(concurrency=2)
+
+    wait_until(
+        lambda: (
+            {
+                r["body"]["properties"]["key"]
+                for r in sandbox.requests(campaign)
+                if r["status"] == 200
+            }
+            == set(keys)
+        ),
+        120,
+        "every trigger",
+    )
+    accepted = [
+        r["body"]["properties"]["key"] for r in sandbox.requests(campaign) if r["status"] == 200
+    ]
+    assert len(accepted) == len(keys)  # nothing doubled either
+    assert fleet.dlq.entries() == []
