@@ -159,9 +159,10 @@ def test_sigterm_during_a_batch_finishes_or_returns_every_trigger(
     fleet = own_fleet()
     keys = [f"k{i}" for i in range(300)]
     batch = tmp_path / "batch.jsonl"
-    lines = [{"campaign_id": campaign, "idempotency_key": k, "properties": {"key": k}} for k in keys]
+    lines = [
+        {"campaign_id": campaign, "idempotency_key": k, "properties": {"key": k}} for k in keys
+    ]
     batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    )
     first = fleet.start_worker(concurrency=2)
     assert cli(fleet.env, "enqueue", "--file", str(batch)).returncode == 0
     wait_until(lambda: len(sandbox.requests(campaign)) >= 30, 60, "the batch to be under way")
