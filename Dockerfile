@@ -9,6 +9,6 @@ COPY config ./config
 COPY tasks ./tasks
 COPY worker ./worker
 RUN pip install . && useradd --create-home --uid 10001 clix
-USER clix
+USER 10001
 
 CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]
