@@ -11,6 +11,7 @@ a trigger name the field but never echo a value, so they are safe to log.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.pii import redact
+from tasks.errors import InvalidTrigger
+from tasks.pii import pii_like_keys, redact
 from tasks.plan_rules import (
     PLAN_FILE_SUFFIX,
     PlanError,
@@ -32,7 +34,9 @@ from tasks.plan_rules import (
     validate_plan_data,
 )
 
-__all__ = ["PlanRegistry", "TriggerPlan", "discover_plan_files"]
+__all__ = ["PlanRegistry", "TriggerPlan", "check_contract", "discover_plan_files"]
+
+logger = logging.getLogger("clix.plans")
 
 _SKIP_DIRS = frozenset({"node_modules", "__pycache__", "venv"})
 
@@ -242,3 +246,30 @@ def discover_plan_files(folder: Path) -> list[Path]:
         ]
         found.extend(Path(root, f) for f in files if f.endswith(PLAN_FILE_SUFFIX))
     return sorted(found)
+
+
+def check_contract(
+    kwargs: dict[str, Any], registry: PlanRegistry, *, strict: bool, pii_warning: bool = False
+) -> None:
+    """Check a valid trigger against its campaign's plan; raise :class:`InvalidTrigger`.
+
+    Warnings (undeclared properties outside strict mode; with ``pii_warning``,
+    PII-looking keys of a campaign without a plan) are logged, never raised.
+    """
+    errors, warnings = registry.check(kwargs, strict=strict)
+    if errors:
+        raise InvalidTrigger(errors)
+    campaign_id = kwargs["campaign_id"]
+    for warning in warnings:
+        logger.warning("trigger for campaign %s: %s", campaign_id, warning)
+    properties = kwargs.get("properties")
+    if pii_warning and properties and campaign_id not in registry:
+        suspicious = pii_like_keys(properties)
+        if suspicious:
+            logger.warning(
+                "trigger for campaign %s carries properties that look like personal data "
+                "(%s) and the campaign has no plan marking them pii: they will show in the "
+                "DLQ; add a plan (CLIX_PLANS) or set CLIX_PII_WARNING=false",
+                campaign_id,
+                ", ".join(suspicious),
+            )

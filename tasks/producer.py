@@ -11,10 +11,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from config.celery_app import app, app_settings
-from tasks.context import producer_ledger
+from tasks.context import plan_registry, producer_ledger
 from tasks.errors import InvalidTrigger
 from tasks.models import TriggerRequest
-from tasks.trigger import check_contract, trigger_campaign
+from tasks.plans import check_contract
+from tasks.trigger import trigger_campaign
 
 __all__ = ["enqueue_many", "enqueue_trigger"]
 
@@ -56,11 +57,17 @@ def enqueue_many(triggers: Iterable[dict[str, Any]]) -> Iterator[str]:
     """
     settings = app_settings(app)
     ledger = producer_ledger(settings)
+    registry = plan_registry(settings.clix_plans)
     with app.producer_or_acquire() as producer:
         for batch in _batches(triggers, BATCH):
             clean = [TriggerRequest.parse(kwargs).to_kwargs() for kwargs in batch]
             for kwargs in clean:
-                check_contract(kwargs, settings, producer=True)
+                check_contract(
+                    kwargs,
+                    registry,
+                    strict=settings.clix_plans_strict,
+                    pii_warning=settings.clix_pii_warning,
+                )
             enqueued_at_ms = ledger.now_ms()
             ledger.record(clean, enqueued_at_ms)
             for kwargs in clean:

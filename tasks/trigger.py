@@ -1,30 +1,18 @@
-"""``trigger_campaign``: one delivery of one trigger, the data flow of DESIGN.md section 3.
+"""The ``trigger_campaign`` task: its producer side and its worker side.
 
-::
+Producer side: the task class validates before publishing (generic rules and
+the campaign's plan), so ``trigger_campaign.delay(...)`` raises for a bad
+trigger before anything is queued; it writes the pending record, then
+publishes with a ``kwargsrepr`` that shows ids and property *names* only.
 
-    1. parse + validate kwargs          invalid          -> DLQ invalid_payload
-    2. claim the scope in the ledger    done / dead      -> ack, stored result
-                                        other message    -> ack as duplicate
-                                        own copy running -> wait, claim again
-                                        delivered > N    -> DLQ redelivery_limit
-    3. POST to Clix (retries inside)    final 4xx        -> DLQ rejected
-                                        budget spent     -> DLQ retries_exhausted
-    4. commit done(trigger_id) and ack
-    anything else (Redis down, a bug)  -> release the claim, requeue the message
-
-The message is acknowledged (the task returns or raises :class:`DeadLettered`)
-only after its outcome is in Redis. The task class validates in the producer,
-so ``trigger_campaign.delay(...)`` raises for a bad trigger before anything is
-queued, and sets a ``kwargsrepr`` so Flower shows a summary, not the payload.
+Worker side: each message becomes one :class:`tasks.delivery.Delivery`;
+:class:`RedactedRequest` keeps payload values out of the worker's events
+(Flower) whoever published the message.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -32,41 +20,19 @@ from celery.exceptions import Reject
 from celery.worker.request import Request as CeleryRequest
 
 from config.celery_app import TASK_NAME, app, app_settings
-from config.keys import Scope
-from config.settings import Settings
 from tasks import context
-from tasks.breaker import Outcome
-from tasks.client import is_ambiguous
+from tasks.delivery import Delivery, RequeueMessage
 from tasks.errors import (
-    AuthenticationFailed,
-    BreakerOpen,
-    ClaimBusy,
-    ClaimLost,
-    ClixError,
     DeadLettered,
     InvalidTrigger,
-    NetworkError,
-    Quota,
-    RateLimited,
-    RedeliveryLimit,
-    Route,
-    ServerError,
-    TransientError,
-    route_for,
 )
-from tasks.idempotency import Claim, ClaimState, new_owner
-from tasks.metrics import count_outcome, observe_request, status_of
 from tasks.models import TriggerRequest
 from tasks.pending import ENQUEUED_AT_HEADER
-from tasks.pii import pii_like_keys
+from tasks.plans import check_contract
 
-__all__ = ["Delivery", "RequeueMessage", "TriggerTask", "trigger_campaign"]
+__all__ = ["RedactedRequest", "TriggerTask", "summary", "trigger_campaign"]
 
 logger = logging.getLogger("clix.trigger")
-
-#: Pause before requeueing after an infrastructure error, so a Redis outage
-#: does not become a hot redelivery loop.
-REQUEUE_PAUSE_S = 1.0
 
 
 def summary(kwargs: dict[str, Any]) -> str:
@@ -99,32 +65,6 @@ class RedactedRequest(CeleryRequest):  # type: ignore[misc]
         return "()" if not self.args else f"<{len(self.args)} positional arguments>"
 
 
-def check_contract(kwargs: dict[str, Any], settings: Settings, *, producer: bool) -> None:
-    """Check a valid trigger against its campaign's plan; raise :class:`InvalidTrigger`.
-
-    Warnings (undeclared properties outside strict mode; PII-looking keys of a
-    campaign without a plan, at the producer) are logged, never raised.
-    """
-    registry = context.plan_registry(settings.clix_plans)
-    errors, warnings = registry.check(kwargs, strict=settings.clix_plans_strict)
-    if errors:
-        raise InvalidTrigger(errors)
-    campaign_id = kwargs["campaign_id"]
-    for warning in warnings:
-        logger.warning("trigger for campaign %s: %s", campaign_id, warning)
-    properties = kwargs.get("properties")
-    if producer and settings.clix_pii_warning and properties and campaign_id not in registry:
-        suspicious = pii_like_keys(properties)
-        if suspicious:
-            logger.warning(
-                "trigger for campaign %s carries properties that look like personal data "
-                "(%s) and the campaign has no plan marking them pii: they will show in the "
-                "DLQ; add a plan (CLIX_PLANS) or set CLIX_PII_WARNING=false",
-                campaign_id,
-                ", ".join(suspicious),
-            )
-
-
 class TriggerTask(Task):  # type: ignore[misc]
     """Celery task class that validates triggers before they are published."""
 
@@ -148,13 +88,19 @@ class TriggerTask(Task):  # type: ignore[misc]
         trigger = TriggerRequest.parse(kwargs if kwargs is not None else {})
         clean = trigger.to_kwargs()
         settings = app_settings(self.app)
-        check_contract(clean, settings, producer=True)
         # Pending record first, then the publish: a publish that fails, a broker
         # that forgets, a message lost in a worker crash are all re-published by
-        # the reconciler. (The bulk path and the reconciler write it themselves.)
-        ledger = context.producer_ledger(settings)
+        # the reconciler. The bulk path and the reconciler pass the enqueue time:
+        # they checked the plan and wrote the record themselves.
         enqueued_at_ms = options.pop("clix_enqueued_at_ms", None)
         if enqueued_at_ms is None:
+            check_contract(
+                clean,
+                context.plan_registry(settings.clix_plans),
+                strict=settings.clix_plans_strict,
+                pii_warning=settings.clix_pii_warning,
+            )
+            ledger = context.producer_ledger(settings)
             enqueued_at_ms = ledger.now_ms()
             ledger.record([clean], enqueued_at_ms)
         options["headers"] = {**(options.get("headers") or {}), ENQUEUED_AT_HEADER: enqueued_at_ms}
@@ -171,271 +117,3 @@ def trigger_campaign(self: TriggerTask, *args: Any, **kwargs: Any) -> dict[str, 
         return delivery.run()
     except RequeueMessage as requeue:
         raise Reject(str(requeue), requeue=True) from None
-
-
-class RequeueMessage(Exception):
-    """The delivery gave its claim back; the broker must deliver the message again."""
-
-
-class Delivery:
-    """One delivery of one message. Build per message; the context is per process."""
-
-    def __init__(
-        self,
-        ctx: context.WorkerContext,
-        task_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.ctx = ctx
-        self.task_id = task_id
-        self.args = args
-        self.kwargs = kwargs
-        self.sleep = sleep
-        self.owner = new_owner(task_id)
-        self.project_id, _ = ctx.settings.require_credentials()
-        self.trigger: TriggerRequest | None = None
-        self.scope: Scope | None = None
-        self.claim: Claim | None = None
-        self.attempts = 0
-        self._last_ambiguous = False
-        self._started = time.monotonic()
-        self.fields: dict[str, Any] = {
-            "task_id": task_id,
-            "campaign_id": kwargs.get("campaign_id"),
-            "idempotency_key": kwargs.get("idempotency_key"),
-        }
-
-    def run(self) -> dict[str, Any]:
-        """Deliver; return the result, raise :class:`DeadLettered` or :class:`RequeueMessage`."""
-        try:
-            return self._deliver()
-        except DeadLettered:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error is routed, none escapes
-            return self._route(exc)
-
-    def _deliver(self) -> dict[str, Any]:
-        if self.args:
-            raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
-        trigger = self.trigger = TriggerRequest.parse(self.kwargs)
-        # producers in other languages skip the producer-side check
-        check_contract(trigger.to_kwargs(), self.ctx.settings, producer=False)
-        scope = self.scope = Scope(self.project_id, trigger.campaign_id, trigger.idempotency_key)
-        self._gate()
-        claim = self.claim = self._claim(scope)
-        if claim.state is not ClaimState.CLAIMED:
-            self._log(
-                "deduplicated",
-                claim=claim.state.value,
-                trigger_id=claim.trigger_id,
-                dead_letter_id=claim.dead_entry_id,
-            )
-            return {"trigger_id": claim.trigger_id, "deduplicated": True}
-        self.attempts = claim.attempts
-        if claim.took_over_mid_request:
-            self._ambiguous("took over from a delivery that died mid-request")
-        limit = self.ctx.settings.clix_redelivery_limit
-        if claim.deliveries > limit:
-            raise RedeliveryLimit(
-                f"delivered {claim.deliveries} times (limit {limit}): "
-                "the message keeps killing or failing its worker"
-            )
-        sent = self.ctx.clix.trigger(
-            trigger, before_attempt=self._before_attempt, after_attempt=self._after_attempt
-        )
-        if not self.ctx.store.commit(scope, self.owner, sent.trigger_id):
-            self._ambiguous("another delivery took the scope over while this one was sending")
-        self._log(
-            "sent",
-            trigger_id=sent.trigger_id,
-            attempt=self.attempts,
-            latency_ms=round((time.monotonic() - self._started) * 1000, 1),
-        )
-        return {"trigger_id": sent.trigger_id, "deduplicated": False}
-
-    def _claim(self, scope: Scope) -> Claim:
-        """Claim, waiting while a copy of this same message still runs."""
-        settings = self.ctx.settings
-        give_up = time.monotonic() + settings.delivery_horizon_s + settings.clix_lease_s
-        while True:
-            claim = self.ctx.store.claim(
-                scope, self.owner, redelivery_limit=settings.clix_redelivery_limit
-            )
-            if claim.state is not ClaimState.OWN_LIVE:
-                return claim
-            if time.monotonic() > give_up:
-                raise ClaimBusy("a copy of this message still holds the claim")
-            self.sleep(min(1.0, claim.lease_left_ms / 1000 + 0.05))
-
-    def _gate(self) -> None:
-        """Before a request: the breaker must allow it, then a rate-limit slot is due."""
-        allowed, verdict = self.ctx.breaker.allow(self.owner)
-        if not allowed:
-            raise BreakerOpen(f"circuit breaker open ({verdict}): the message stays queued")
-        if verdict == "probe":
-            self._log("breaker_probe", level=logging.WARNING)
-        self.ctx.limiter.acquire(on_wait=self._renew_if_claimed)
-
-    def _renew_if_claimed(self) -> None:
-        claimed = self.scope is not None and self.claim is not None
-        if claimed and not self.ctx.store.extend(self.scope, self.owner):  # type: ignore[arg-type]
-            raise ClaimLost("the scope was taken over while this delivery waited")
-
-    def _before_attempt(self, number: int) -> None:
-        assert self.scope is not None
-        if number == 1:
-            return  # the claim registered the first attempt
-        self._gate()
-        total = self.ctx.store.renew(self.scope, self.owner)
-        if total is None:
-            raise ClaimLost("the scope was taken over while this delivery was retrying")
-        self.attempts = total
-        if self._last_ambiguous:
-            self._ambiguous("resending after a request whose answer was lost")
-
-    def _after_attempt(
-        self, number: int, error: ClixError | None, latency_ms: float, quota: Quota | None
-    ) -> None:
-        assert self.scope is not None
-        observe_request(latency_ms / 1000, status_of(error))
-        self._last_ambiguous = is_ambiguous(error)
-        self._tell_breaker(error)
-        self._pace(error, quota)
-        if error is None:
-            return
-        if not self._last_ambiguous:
-            self.ctx.store.not_sent(self.scope, self.owner)
-        self._log(
-            "attempt_failed",
-            attempt=number,
-            status=error.status_code,
-            error=str(error),
-            latency_ms=round(latency_ms, 1),
-            level=logging.WARNING,
-        )
-
-    def _tell_breaker(self, error: ClixError | None) -> None:
-        if isinstance(error, AuthenticationFailed):
-            outcome = Outcome.AUTH
-        elif isinstance(error, ServerError | NetworkError):
-            outcome = Outcome.FAILURE
-        else:
-            outcome = Outcome.OK  # accepted, or an answer about this message only
-        transition = self.ctx.breaker.record(outcome)
-        if not transition:
-            return
-        settings = self.ctx.settings
-        if transition == "closed":
-            logger.warning("circuit breaker closed: Clix answers again; consuming resumes")
-        elif outcome is Outcome.AUTH:
-            logger.error(
-                "Clix refused the credentials (%s): fix CLIX_API_KEY / CLIX_PROJECT_ID. "
-                "Consuming is paused fleet-wide and messages stay queued; a probe goes out "
-                "every %g s and the fleet resumes by itself once the key is accepted",
-                error.status_code if error else "?",
-                settings.clix_auth_probe_s,
-            )
-        else:
-            logger.error(
-                "circuit breaker %s: most recent requests to Clix failed (%s); consuming is "
-                "paused fleet-wide, probing every %g s",
-                transition,
-                error,
-                settings.clix_breaker_probe_s,
-            )
-
-    def _pace(self, error: ClixError | None, quota: Quota | None) -> None:
-        """Hold the whole fleet back when Clix says (429) or hints (low remaining quota)."""
-        limiter, settings = self.ctx.limiter, self.ctx.settings
-        if isinstance(error, RateLimited):
-            wait = error.retry_after_s if error.retry_after_s is not None else 1.0
-            limiter.hold(min(wait, settings.clix_retry_after_max_s))
-            self._log("rate_limited", retry_after_s=wait, level=logging.WARNING)
-        elif quota is not None and quota.limit and quota.remaining is not None:
-            low = quota.remaining <= quota.limit * settings.clix_rate_limit_low_watermark
-            reset_in = (quota.reset_at_s or time.time() + 1.0) - time.time()
-            if low and reset_in > 0:
-                limiter.hold(min(reset_in, settings.clix_retry_after_max_s))
-
-    def _route(self, exc: Exception) -> dict[str, Any]:
-        breaker_open = False
-        if isinstance(exc, TransientError):
-            with contextlib.suppress(Exception):  # Redis down: treat as closed
-                breaker_open = not self.ctx.breaker.state().consuming
-        decision = route_for(exc, breaker_open=breaker_open)
-        if decision.route is Route.DUPLICATE:
-            self._log("deduplicated", claim="lost")
-            return {"trigger_id": None, "deduplicated": True}
-        if decision.route is Route.DEAD_LETTER and decision.reason is not None:
-            try:
-                entry_id = self._dead_letter(decision.reason, exc)
-            except Exception as dlq_exc:  # noqa: BLE001 - could not make the outcome durable
-                exc = dlq_exc
-            else:
-                raise DeadLettered(entry_id, decision.reason) from None
-        # Our infrastructure failed, not the trigger: give the claim back if we
-        # can and let the broker deliver the message again.
-        self._log("requeued", error=f"{type(exc).__name__}: {exc}", level=logging.ERROR)
-        if self.scope is not None:
-            try:
-                self.ctx.store.release(
-                    self.scope, self.owner, uncount=not decision.counts_as_delivery
-                )
-            except Exception:
-                logger.debug("could not release the claim", exc_info=True)
-        self.sleep(REQUEUE_PAUSE_S)
-        raise RequeueMessage(f"{type(exc).__name__}: {exc}") from None
-
-    def _dead_letter(self, reason: str, exc: Exception) -> str:
-        dlq = self.ctx.dlq
-        entry = dlq.new_entry(
-            reason=reason,
-            error=str(exc),
-            trigger=self.trigger.to_kwargs() if self.trigger else dict(self.kwargs),
-            # positional arguments have no place in a trigger: keep them for inspection
-            raw=json.dumps({"args": self.args, "kwargs": self.kwargs}, default=repr)
-            if self.args
-            else None,
-            status_code=getattr(exc, "status_code", None),
-            attempts=self.attempts,
-            first_seen=self.claim.first_seen if self.claim else None,
-            project_id=self.project_id,
-            task_id=self.task_id,
-        )
-        plan = self.ctx.plans.get(str(self.kwargs.get("campaign_id")))
-        if plan is not None and plan.pii_keys:
-            # the entry keeps the whole trigger for replay; these are hidden when shown
-            entry["pii"] = sorted(plan.pii_keys)
-        owned = self.claim is not None and self.claim.state is ClaimState.CLAIMED
-        entry_id = dlq.add(entry, scope=self.scope if owned else None, owner=self.owner)
-        self._log(
-            "dead_lettered",
-            reason=reason,
-            status=entry["status_code"],
-            attempt=self.attempts,
-            dead_letter_id=entry_id,
-            error=str(exc),
-            level=logging.ERROR,
-        )
-        return entry_id
-
-    def _ambiguous(self, why: str) -> None:
-        """Count and log the one duplicate send the system allows."""
-        total = self.ctx.store.count("ambiguous_duplicates")
-        self._log("ambiguous_duplicate", why=why, fleet_total=total, level=logging.WARNING)
-
-    def _log(self, outcome: str, level: int = logging.INFO, **more: Any) -> None:
-        # Every outcome event passes here exactly once: count it (labels are bounded
-        # and validated in tasks.metrics; ids and keys never become labels).
-        count_outcome(outcome, more.get("reason"))
-        event = {"outcome": outcome, **self.fields}
-        event.update((k, v) for k, v in more.items() if v is not None)
-        logger.log(
-            level,
-            "trigger %s",
-            " ".join(f"{k}={v}" for k, v in event.items()),
-            extra={"clix": event},
-        )

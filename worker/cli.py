@@ -15,34 +15,24 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from config.keys import KeySpace, Scope
-from config.settings import ConfigurationError, Settings, get_settings
+from config.settings import ConfigurationError, get_settings
+from worker.console import (
+    RET_FAILED,
+    RET_OK,
+    RET_USAGE,
+    dead_letter_queue,
+    emit,
+    fail,
+    idempotency_store,
+    load_settings,
+)
 
 __all__ = ["RET_FAILED", "RET_OK", "RET_USAGE", "cli", "main"]
-
-RET_OK = 0
-RET_FAILED = 1
-RET_USAGE = 2
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ConfigurationError as exc:
-        _fail(str(exc), RET_USAGE)
-
-
-def _fail(message: str, code: int = RET_FAILED) -> NoReturn:
-    click.echo(f"clix-worker: {message}", err=True)
-    sys.exit(code)
-
-
-def _emit(data: Any, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=None, ensure_ascii=False) if as_json else human)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,7 +57,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}", RET_USAGE)
+        fail(f"cannot read {path}: {exc.strerror}", RET_USAGE)
     with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -104,16 +94,16 @@ def enqueue(
     as_json: bool,
 ) -> None:
     """Validate and enqueue one trigger from flags, or many from --file."""
-    _settings()
+    load_settings()
     from tasks.errors import InvalidTrigger
     from tasks.models import TriggerRequest
     from tasks.producer import enqueue_many, enqueue_trigger
 
     if file is not None:
         if campaign_id or idempotency_key:
-            _fail("give either CAMPAIGN_ID IDEMPOTENCY_KEY or --file, not both", RET_USAGE)
+            fail("give either CAMPAIGN_ID IDEMPOTENCY_KEY or --file, not both", RET_USAGE)
         if not file.is_file():
-            _fail(f"cannot read {file}: no such file", RET_USAGE)
+            fail(f"cannot read {file}: no such file", RET_USAGE)
         triggers, problems = [], []
         for number, item in _read_jsonl(file):
             try:
@@ -124,17 +114,17 @@ def enqueue(
                 problems.append(f"{file}:{number}: {exc}")
         if problems:
             # All or nothing: a half-enqueued file is hard to resume safely.
-            _fail("nothing enqueued:\n" + "\n".join(problems))
+            fail("nothing enqueued:\n" + "\n".join(problems))
         ids: list[str] = []
         with click.progressbar(length=len(triggers), label="enqueueing", file=sys.stderr) as bar:
             for task_id in enqueue_many(triggers):
                 ids.append(task_id)
                 bar.update(1)
-        _emit({"enqueued": len(ids), "task_ids": ids}, as_json, f"enqueued {len(ids)} triggers")
+        emit({"enqueued": len(ids), "task_ids": ids}, as_json, f"enqueued {len(ids)} triggers")
         return
 
     if not campaign_id or not idempotency_key:
-        _fail("give CAMPAIGN_ID and IDEMPOTENCY_KEY, or --file", RET_USAGE)
+        fail("give CAMPAIGN_ID and IDEMPOTENCY_KEY, or --file", RET_USAGE)
     audience: dict[str, Any] | None = None
     if broadcast or users or devices:
         audience = {}
@@ -149,10 +139,10 @@ def enqueue(
             campaign_id, idempotency_key, audience=audience, properties=properties
         )
     except click.BadParameter as exc:
-        _fail(f"--property: {exc.message}", RET_USAGE)
+        fail(f"--property: {exc.message}", RET_USAGE)
     except InvalidTrigger as exc:
-        _fail(str(exc))
-    _emit({"task_id": result.id}, as_json, f"enqueued task {result.id}")
+        fail(str(exc))
+    emit({"task_id": result.id}, as_json, f"enqueued task {result.id}")
 
 
 # --- status ----------------------------------------------------------------
@@ -167,8 +157,8 @@ def status(campaign_id: str, idempotency_key: str, project: str | None, as_json:
     """Show what happened to a trigger: queued, in_flight, done or unknown."""
     from tasks.idempotency import Status
 
-    settings = _settings()
-    store = _store(settings)
+    settings = load_settings()
+    store = idempotency_store(settings)
     project = project or settings.clix_project_id
     # without a project id, find it; a trigger still queued (pending) has no project yet
     projects = [project] if project else store.projects_for(campaign_id, idempotency_key) or [""]
@@ -187,135 +177,8 @@ def status(campaign_id: str, idempotency_key: str, project: str | None, as_json:
     if found.dead_entry_id:
         data["dead_letter_id"] = found.dead_entry_id
         human += f" (dead-lettered as {found.dead_entry_id}; see `clix-worker dlq show`)"
-    _emit(data, as_json, human)
+    emit(data, as_json, human)
     sys.exit(RET_FAILED if found.state == "unknown" else RET_OK)
-
-
-# --- dlq -------------------------------------------------------------------
-
-
-@cli.group()
-def dlq() -> None:
-    """List, inspect, replay and purge dead-lettered triggers."""
-
-
-def _describe(entry: dict[str, Any]) -> str:
-    status_code = entry.get("status_code")
-    return (
-        f"{entry['id']}  {entry['reason']:<17} {entry.get('campaign_id') or '-'}  "
-        f"{entry.get('idempotency_key') or '-'}  status={status_code if status_code else '-'}  "
-        f"attempts={entry.get('attempts')}  {entry.get('failed_at')}\n    {entry.get('error')}"
-    )
-
-
-def _for_display(entries: list[dict[str, Any]], settings: Settings, show_pii: bool) -> Any:
-    """Entries with pii properties redacted (unless ``--show-pii``)."""
-    from tasks.context import plan_registry
-    from tasks.dlq import shown
-
-    if show_pii:
-        return entries
-    registry = plan_registry(settings.clix_plans)
-    out = []
-    for entry in entries:
-        plan = registry.get(str(entry.get("campaign_id")))
-        out.append(shown(entry, plan.pii_keys if plan else ()))
-    return out
-
-
-_SHOW_PII = click.option(
-    "--show-pii", is_flag=True, help="Show properties marked pii by the campaign's plan."
-)
-
-
-@dlq.command("list")
-@click.option("--limit", type=click.IntRange(min=1), help="Show at most N entries.")
-@_SHOW_PII
-@click.option("--json", "as_json", is_flag=True)
-def dlq_list(limit: int | None, show_pii: bool, as_json: bool) -> None:
-    """Entries, oldest first."""
-    settings = _settings()
-    entries = _for_display(_dlq(settings).entries(limit), settings, show_pii)
-    human = "\n".join(_describe(e) for e in entries) or "the dead-letter queue is empty"
-    _emit(entries, as_json, human)
-
-
-@dlq.command("show")
-@click.argument("entry_id")
-@_SHOW_PII
-@click.option("--json", "as_json", is_flag=True)
-def dlq_show(entry_id: str, show_pii: bool, as_json: bool) -> None:
-    """One entry in full (pii properties redacted unless --show-pii)."""
-    settings = _settings()
-    entry = _dlq(settings).get(entry_id)
-    if entry is None:
-        _fail(f"no DLQ entry with id {entry_id!r}")
-    [entry] = _for_display([entry], settings, show_pii)
-    _emit(entry, as_json, json.dumps(entry, indent=2, ensure_ascii=False))
-
-
-def _selected(queue: Any, ids: tuple[str, ...], select_all: bool) -> list[str]:
-    if bool(ids) == select_all:
-        _fail("name entry ids or --all (one of the two)", RET_USAGE)
-    return list(queue.ids()) if select_all else list(ids)
-
-
-@dlq.command("replay")
-@click.argument("entry_ids", nargs=-1)
-@click.option("--all", "select_all", is_flag=True, help="Replay every entry.")
-@click.option("--json", "as_json", is_flag=True)
-def dlq_replay(entry_ids: tuple[str, ...], select_all: bool, as_json: bool) -> None:
-    """Enqueue entries again (unchanged) and remove them from the DLQ."""
-    from tasks.errors import InvalidTrigger, ReplayRefused
-    from tasks.trigger import trigger_campaign
-
-    queue = _dlq(_settings())
-    results: list[dict[str, Any]] = []
-    failed = False
-    for entry_id in _selected(queue, entry_ids, select_all):
-        try:
-            task_id = queue.replay(
-                entry_id, lambda kwargs: str(trigger_campaign.apply_async(kwargs=kwargs).id)
-            )
-            results.append({"id": entry_id, "replayed": True, "task_id": task_id})
-        except (ReplayRefused, InvalidTrigger) as exc:
-            failed = True
-            results.append({"id": entry_id, "replayed": False, "error": str(exc)})
-    human = (
-        "\n".join(
-            f"{r['id']}: replayed as task {r['task_id']}"
-            if r["replayed"]
-            else f"{r['id']}: not replayed: {r['error']}"
-            for r in results
-        )
-        or "nothing to replay"
-    )
-    _emit(results, as_json, human)
-    sys.exit(RET_FAILED if failed else RET_OK)
-
-
-@dlq.command("purge")
-@click.argument("entry_ids", nargs=-1)
-@click.option("--all", "select_all", is_flag=True, help="Purge every entry.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True)
-def dlq_purge(entry_ids: tuple[str, ...], select_all: bool, yes: bool, as_json: bool) -> None:
-    """Delete entries for good."""
-    queue = _dlq(_settings())
-    ids = _selected(queue, entry_ids, select_all)
-    if (
-        ids
-        and not yes
-        and not click.confirm(f"Delete {len(ids)} dead-lettered trigger(s) for good?", err=True)
-    ):
-        _fail("nothing purged")
-    removed = queue.purge(ids)
-    missing = [i for i in ids if i not in removed]
-    human = f"purged {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}" + (
-        f"; not in the DLQ: {', '.join(missing)}" if missing else ""
-    )
-    _emit({"purged": removed, "missing": missing}, as_json, human)
-    sys.exit(RET_FAILED if missing else RET_OK)
 
 
 # --- check -------------------------------------------------------------------
@@ -348,7 +211,7 @@ def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
         settings = get_settings()
         results["settings"] = "ok"
     except ConfigurationError as exc:
-        _emit({"settings": str(exc)}, as_json, f"settings  FAILED: {exc}")
+        emit({"settings": str(exc)}, as_json, f"settings  FAILED: {exc}")
         sys.exit(RET_FAILED)
     if for_worker:
         try:
@@ -374,7 +237,7 @@ def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
         results["broker"] = f"FAILED: {type(exc).__name__}: {exc}"
     human = "\n".join(f"{name:<12} {value}" for name, value in results.items())
-    _emit(results, as_json, human)
+    emit(results, as_json, human)
     sys.exit(RET_OK if all(v == "ok" for v in results.values()) else RET_FAILED)
 
 
@@ -388,10 +251,10 @@ def health(project: str | None, as_json: bool) -> None:
     """Circuit breaker, rate limit and DLQ depth; exit 1 while the breaker is open."""
     from tasks.context import circuit_breaker, redis_client
 
-    settings = _settings()
+    settings = load_settings()
     project = project or settings.clix_project_id
     if not project:
-        _fail("give --project or set CLIX_PROJECT_ID", RET_USAGE)
+        fail("give --project or set CLIX_PROJECT_ID", RET_USAGE)
     conn = redis_client(settings)
     state = circuit_breaker(settings, conn, project).state()
     ambiguous = conn.hget(KeySpace(settings.clix_key_prefix).stats, "ambiguous_duplicates")
@@ -402,13 +265,13 @@ def health(project: str | None, as_json: bool) -> None:
         "next_probe_in_s": None if state.state == "closed" else state.probe_in_s,
         "rate_limit_per_s": settings.clix_rate_limit_per_s,
         "rate_limit_burst": settings.rate_limit_burst,
-        "dlq_depth": _dlq(settings).depth(),
+        "dlq_depth": dead_letter_queue(settings).depth(),
         "ambiguous_duplicates": int(ambiguous or 0),
     }
     human = "\n".join(f"{k:<22} {v}" for k, v in data.items() if v is not None)
     if state.reason == "auth":
         human += "\nClix refuses the credentials: fix CLIX_API_KEY / CLIX_PROJECT_ID"
-    _emit(data, as_json, human)
+    emit(data, as_json, human)
     sys.exit(RET_FAILED if state.state != "closed" else RET_OK)
 
 
@@ -457,36 +320,15 @@ def up(flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool) ->
     )
 
 
-def _register_plan_commands() -> None:
+def _register_command_groups() -> None:
+    from worker.dlq_commands import dlq
     from worker.plan_commands import plan
 
+    cli.add_command(dlq)
     cli.add_command(plan)
 
 
-_register_plan_commands()
-
-
-def _store(settings: Settings) -> Any:
-    from tasks.context import redis_client
-    from tasks.idempotency import IdempotencyStore
-
-    return IdempotencyStore(
-        redis_client(settings),
-        KeySpace(settings.clix_key_prefix),
-        lease_ms=int(settings.clix_lease_s * 1000),
-        ttl_s=settings.clix_idempotency_ttl_s,
-    )
-
-
-def _dlq(settings: Settings) -> Any:
-    from tasks.context import redis_client
-    from tasks.dlq import DeadLetterQueue
-
-    return DeadLetterQueue(
-        redis_client(settings),
-        KeySpace(settings.clix_key_prefix),
-        ttl_s=settings.clix_idempotency_ttl_s,
-    )
+_register_command_groups()
 
 
 def main(argv: list[str] | None = None) -> int:

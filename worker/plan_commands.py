@@ -25,11 +25,9 @@ from typing import Any, NoReturn
 
 import click
 
-__all__ = ["RET_FAILED", "RET_OK", "RET_USAGE", "plan", "starter_plan"]
+from worker.console import RET_FAILED, RET_OK, RET_USAGE
 
-# These mirror worker.cli's exit codes; importing them from there would be
-# circular, since worker.cli registers this group.
-RET_OK, RET_FAILED, RET_USAGE = 0, 1, 2
+__all__ = ["plan", "starter_plan"]
 
 DEFAULT_OUTPUT = Path(".clix") / "api-trigger-plan.json"
 _ISO_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ].*)?")

@@ -21,11 +21,11 @@ from config.keys import KeySpace, Scope
 from config.settings import Settings
 from tasks.client import ClixClient
 from tasks.context import WorkerContext
+from tasks.delivery import Delivery
 from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import IdempotencyStore
 from tasks.ratelimit import RateLimiter
 from tasks.retries import RetryPolicy
-from tasks.trigger import Delivery
 
 PROJECT_ID = "proj-unit"
 API_KEY = "sk-unit-Zq9-0123456789-never-leak-me"

@@ -1,6 +1,6 @@
 """One delivery of ``trigger_campaign`` end to end, in-process.
 
-The real :class:`tasks.trigger.Delivery` runs against a
+The real :class:`tasks.delivery.Delivery` runs against a
 :class:`tasks.context.WorkerContext` wired to fakeredis and to a Clix client
 whose transport is an ``httpx.MockTransport`` (the ``pipeline`` fixture).
 """
@@ -20,10 +20,10 @@ import redis
 
 from config.keys import Scope
 from tasks.breaker import CircuitBreaker, Outcome
+from tasks.delivery import REQUEUE_PAUSE_S, RequeueMessage
 from tasks.errors import DeadLettered
 from tasks.idempotency import ClaimState, new_owner
 from tasks.ratelimit import RateLimiter
-from tasks.trigger import REQUEUE_PAUSE_S, RequeueMessage
 
 #: the ``pipeline`` fixture: ``pipeline(*steps, then=, on_sleep=, **settings)`` -> Pipeline
 Pipe = Callable[..., Any]
