@@ -204,6 +204,8 @@ class Pipeline:
     clix: ClixHarness
     sleeps: SleepRecorder = field(default_factory=SleepRecorder)
     limiter_sleeps: SleepRecorder = field(default_factory=SleepRecorder)
+    #: the limiter's clock: it stands still, so limiter waits are exact under any load
+    clock: Callable[[], float] = field(default_factory=lambda: lambda: 1_800_000_000.0)
 
     def delivery(
         self,
@@ -228,8 +230,9 @@ def pipeline(
     """Factory: ``pipeline(*steps, then=None, on_sleep=None, on_limiter_sleep=None, **settings)``.
 
     The context is wired by :meth:`WorkerContext.build` (limiter and breaker
-    included); only the limiter's ``sleep`` is swapped for a recorder, so a
-    429 hold is asserted on instead of slept through.
+    included); only the limiter's ``sleep`` is swapped for a recorder and its
+    clock for one that stands still, so a 429 hold is asserted on exactly
+    instead of slept through.
     """
 
     def build(
@@ -246,6 +249,7 @@ def pipeline(
         ctx = WorkerContext.build(settings, redis_conn=fake_redis, clix=harness.client)
         built = ctx.limiter
         limiter_sleeps = SleepRecorder(on_limiter_sleep)
+        clock = Pipeline.__dataclass_fields__["clock"].default_factory()  # type: ignore[misc]
         ctx.limiter = RateLimiter(
             fake_redis,
             built.key,
@@ -254,8 +258,9 @@ def pipeline(
             max_wait_s=built.max_wait_s,
             give_up_s=built.give_up_s,
             sleep=limiter_sleeps,
+            clock=clock,
         )
-        return Pipeline(ctx, harness, limiter_sleeps=limiter_sleeps)
+        return Pipeline(ctx, harness, limiter_sleeps=limiter_sleeps, clock=clock)
 
     return build
 

@@ -70,7 +70,12 @@ def fleet_wait_s(p: Any, fake_redis: fakeredis.FakeRedis) -> float:
     """How long another worker's next request would wait for a slot of the fleet limiter."""
     waits: list[float] = []
     limiter = RateLimiter(
-        fake_redis, p.ctx.limiter.key, rate_per_s=1000, burst=100, sleep=waits.append
+        fake_redis,
+        p.ctx.limiter.key,
+        rate_per_s=1000,
+        burst=100,
+        sleep=waits.append,
+        clock=p.clock,
     )
     return limiter.acquire()
 
@@ -281,7 +286,7 @@ def test_429_is_waited_out_and_then_sent(pipeline: Pipe) -> None:
     assert p.clix.sleeps.calls == [1.5]
     # the retry also waited for the fleet limiter held back by the 429
     # (with real sleeps the backoff has already spent that time)
-    assert p.limiter_sleeps.calls == [pytest.approx(1.5, abs=0.1)]
+    assert p.limiter_sleeps.calls == [pytest.approx(1.5, abs=1e-5)]
     assert p.ctx.breaker.state().state == "closed"  # a 429 is no failure of Clix
 
 
@@ -291,7 +296,7 @@ def test_429_holds_the_whole_fleet_for_retry_after(
     p = pipeline(httpx.Response(429, headers={"Retry-After": "1.5"}), 200)
     p.run(KWARGS)
     # another worker's next request waits out what is left of the hold
-    assert fleet_wait_s(p, fake_redis) == pytest.approx(1.5, abs=0.1)
+    assert fleet_wait_s(p, fake_redis) == pytest.approx(1.5, abs=0.01)  # another burst size
 
 
 def test_429_hold_of_the_fleet_is_capped_by_retry_after_max(
@@ -300,7 +305,7 @@ def test_429_hold_of_the_fleet_is_capped_by_retry_after_max(
     p = pipeline(httpx.Response(429, headers={"Retry-After": "600"}), 200)
     p.run(KWARGS)
     assert p.clix.sleeps.calls == [2.0]  # clix_retry_after_max_s of the test settings
-    assert p.limiter_sleeps.calls == [pytest.approx(2.0, abs=0.1)]
+    assert p.limiter_sleeps.calls == [pytest.approx(2.0, abs=1e-5)]
 
 
 def test_429s_beyond_their_wait_budget_requeue_uncounted(pipeline: Pipe) -> None:
@@ -329,7 +334,7 @@ def test_low_remaining_quota_slows_the_fleet_down(
 
     p = pipeline(nearly_spent)
     assert p.run(KWARGS)["trigger_id"] == "trg-q"
-    assert fleet_wait_s(p, fake_redis) == pytest.approx(1.0, abs=0.1)
+    assert fleet_wait_s(p, fake_redis) == pytest.approx(1.0, abs=0.1)  # reset is wall time
 
 
 def test_ample_remaining_quota_does_not_slow_the_fleet(
@@ -378,9 +383,9 @@ def test_every_request_takes_a_slot_of_the_fleet_limiter(
 ) -> None:
     p = pipeline(503, 503, 200, clix_rate_limit_per_s=10, clix_rate_limit_burst=1)
     p.run(KWARGS)
-    # three requests at 10/s with no burst: waits of about 0, 0.1 and 0.2 s
-    # (recorded, not slept, so each slot is further away than the last)
-    assert p.limiter_sleeps.calls == [pytest.approx(0.1, abs=0.02), pytest.approx(0.2, abs=0.02)]
+    # three requests at 10/s with no burst: waits of exactly 0, 0.1 and 0.2 s
+    # (recorded, not slept, on a clock that stands still)
+    assert p.limiter_sleeps.calls == [pytest.approx(0.1, abs=1e-5), pytest.approx(0.2, abs=1e-5)]
     assert fake_redis.pttl(p.ctx.limiter.key) > 0
 
 

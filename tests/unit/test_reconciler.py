@@ -420,16 +420,6 @@ def test_a_trigger_committed_between_range_and_judgement_is_forgotten(
     assert ledger.depth() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: IdempotencyStore.status() returns Status('queued') with dead_entry_id=None "
-        "whenever a pending record exists (it checks pending before dead and only fills "
-        "dead_entry_id in the 'unknown' branch); the reconciler only judges existing "
-        "records, so its `status.dead_entry_id` check never fires and a dead-lettered "
-        "trigger is re-published instead of forgotten"
-    ),
-)
 def test_a_dead_lettered_trigger_is_forgotten_never_published(
     reconciler: Reconciler,
     ledger: PendingLedger,
@@ -569,16 +559,6 @@ def test_a_publish_refused_and_dead_lettered_leaves_nothing_pending(
     assert dlq.depth() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: Reconciler._sweep publishes first and restamps after with "
-        "PendingLedger.requeued(), an unconditional SET + ZADD; a worker that commits "
-        "(or claims DONE/DEAD, which clears the record) between the publish and the "
-        "restamp has its cleared record re-created with a fresh TTL, so a finished "
-        "trigger is left pending (depth over-counts, status races) until a later sweep"
-    ),
-)
 def test_a_trigger_finished_while_being_republished_is_not_left_pending(
     make_reconciler: MakeReconciler,
     ledger: PendingLedger,
@@ -889,15 +869,6 @@ def test_redis_view_skips_unacknowledged_garbage(broker_redis: fakeredis.FakeRed
     assert RedisBrokerView(broker_redis).unacknowledged() == {("camp-1", "key-1")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: RedisBrokerView.unacknowledged() calls message['properties'].get(...) and "
-        "catches only ValueError/KeyError/TypeError/IndexError; an unacked entry whose "
-        "'properties' is not an object (null, a list, a string) raises AttributeError, "
-        "which escapes and fails every sweep while that entry stays in the hash"
-    ),
-)
 def test_redis_view_skips_an_unacknowledged_message_whose_properties_are_not_a_mapping(
     broker_redis: fakeredis.FakeRedis,
 ) -> None:
