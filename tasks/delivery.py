@@ -171,8 +171,10 @@ class Delivery:
         self.ctx.limiter.acquire(on_wait=self._renew_if_claimed)
 
     def _renew_if_claimed(self) -> None:
-        claimed = self.scope is not None and self.claim is not None
-        if claimed and not self.ctx.store.extend(self.scope, self.owner):  # type: ignore[arg-type]
+        """During a long wait for a rate-limit slot: keep the lease (retries only)."""
+        if self.scope is None or self.claim is None:
+            return  # the first request waits before the claim: nothing to keep
+        if not self.ctx.store.extend(self.scope, self.owner):
             raise ClaimLost("the scope was taken over while this delivery waited")
 
     def _before_attempt(self, number: int) -> None:
