@@ -170,6 +170,7 @@ class Reconciler:
             # hold the lease until the next interval: one sweep per interval, fleet-wide
             self._keep(keys=[lease], args=[self.owner, self.interval_ms])
         if report.republished:
+            self.store.count("reconciled", len(report.republished))
             logger.warning(
                 "reconciler re-published %d lost trigger(s): %s",
                 len(report.republished),

@@ -257,7 +257,7 @@ def health(project: str | None, as_json: bool) -> None:
         fail("give --project or set CLIX_PROJECT_ID", RET_USAGE)
     conn = redis_client(settings)
     state = circuit_breaker(settings, conn, project).state()
-    ambiguous = conn.hget(KeySpace(settings.clix_key_prefix).stats, "ambiguous_duplicates")
+    stats = conn.hgetall(KeySpace(settings.clix_key_prefix).stats)
     data = {
         "project_id": project,
         "breaker": state.state,
@@ -266,7 +266,8 @@ def health(project: str | None, as_json: bool) -> None:
         "rate_limit_per_s": settings.clix_rate_limit_per_s,
         "rate_limit_burst": settings.rate_limit_burst,
         "dlq_depth": dead_letter_queue(settings).depth(),
-        "ambiguous_duplicates": int(ambiguous or 0),
+        "ambiguous_duplicates": int(stats.get(b"ambiguous_duplicates", 0)),
+        "reconciled": int(stats.get(b"reconciled", 0)),
     }
     human = "\n".join(f"{k:<22} {v}" for k, v in data.items() if v is not None)
     if state.reason == "auth":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,21 @@ def test_producer_and_inspection_commands_need_no_credentials(fleet: Fleet, camp
     status = cli_json(env, "status", campaign, "no-key")  # finds the project by scanning
     assert status["state"] == "done"
     assert cli(env, "dlq", "list", "--json").returncode == 0
+
+
+def test_check_passes_only_when_settings_redis_and_broker_are_all_fine(fleet: Fleet) -> None:
+    ok = cli(fleet.env, "check", "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout) == {
+        "settings": "ok",
+        "credentials": "ok",
+        "redis": "ok",
+        "broker": "ok",
+    }
+    dead = {**fleet.env, "REDIS_URL": "redis://127.0.0.1:1/0", "CELERY_BROKER_URL": ""}
+    down = cli(dead, "check", "--json", "--timeout", "1")
+    assert down.returncode == 1
+    assert json.loads(down.stdout)["redis"].startswith("FAILED")
+    no_key = {k: v for k, v in fleet.env.items() if k != "CLIX_API_KEY"}
+    assert cli(no_key, "check").returncode == 1
+    assert cli(no_key, "check", "--no-worker").returncode == 0
