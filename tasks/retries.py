@@ -72,7 +72,7 @@ class RetryPolicy:
         wait = backoff_wait(self, rng or random.Random())
         return Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_when_budget_spent(self, wait),
+            stop=stop_when_budget_spent(self),
             wait=wait,
             sleep=sleep,
             reraise=True,  # the last real error, not tenacity's RetryError
@@ -109,16 +109,16 @@ class stop_when_budget_spent(stop_base):
     against ``rate_limited_max_wait_s``. Stateful: one instance per delivery.
     """
 
-    def __init__(self, policy: RetryPolicy, wait: backoff_wait) -> None:
+    def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        self.wait = wait
         self.failures = 0
         self.rate_limited_s = 0.0
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
-        next_wait = self.wait(retry_state)
+        # tenacity draws the wait before asking us: judge the very wait it will sleep
+        next_wait = retry_state.upcoming_sleep
         if isinstance(exc, RateLimited):
             if self.rate_limited_s + next_wait > self.policy.rate_limited_max_wait_s:
                 return True

@@ -130,7 +130,7 @@ def test_pii_reaches_clix_intact_and_shows_nowhere_else(
         assert sent["body"]["properties"]["customer_name"] == CUSTOMER  # intact for Clix
 
         assert httpx.get(f"{base}/api/tasks", timeout=10).status_code == 401
-        tasks = wait_until(lambda: _flower_tasks(base, campaign), 30, "Flower listing the task")
+        tasks = wait_until(lambda: _flower_tasks(base, campaign), 90, "Flower listing the task")
         assert any(t.get("name") == "trigger_campaign" for t in tasks.values())
         assert CUSTOMER not in json.dumps(tasks)
         # ...while Flower does show the kwargs summary: ids and property names

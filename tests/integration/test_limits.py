@@ -72,7 +72,7 @@ def test_429_bursts_are_waited_out_without_spending_attempts_or_dead_lettering(
     clix = own_sandbox("--rate-429", "0.3", "--retry-after", "1", "--seed", "7")
     # one attempt only: had a 429 counted as a failed attempt, triggers would dead-letter
     fleet = own_fleet(clix=clix, CLIX_MAX_ATTEMPTS="1", CLIX_RETRY_AFTER_MAX_S="1")
-    keys = _send_many(fleet, campaign, 60)
+    keys = _send_many(fleet, campaign, 30)
     fleet.start_worker(concurrency=2)
 
     wait_until(
