@@ -118,12 +118,31 @@ def test_pii_reaches_clix_intact_and_shows_nowhere_else(
         base = f"http://127.0.0.1:{flower_port}"
         wait_until(lambda: _answers(base), 30, "Flower")
         sandbox.script(campaign, {"status": 200}, {"status": 400, "body": {"error": "no"}})
-        # a foreign producer: send_task publishes Celery's full repr of the kwargs
-        fleet.send(**_trigger(campaign, "ok"))
-        wait_until(
-            lambda: fleet.store.status(fleet.scope(campaign, "ok")).state == "done", 30, "delivery"
-        )
-        fleet.send(**_trigger(campaign, "rejected"))
+        # our producer (enqueue_trigger behind the CLI) publishes a redacted kwargsrepr
+        for key in ("ok", "rejected"):
+            enqueued = cli(
+                fleet.env,
+                "enqueue",
+                campaign,
+                key,
+                "--broadcast",
+                "-p",
+                "store_location=San Francisco",
+                "-p",
+                "order_id=ORD-1",
+                "-p",
+                "item_count=3",
+                "-p",
+                f"customer_name={CUSTOMER}",
+            )
+            assert enqueued.returncode == 0, enqueued.stderr
+            assert CUSTOMER not in enqueued.stdout + enqueued.stderr
+            if key == "ok":
+                wait_until(
+                    lambda: fleet.store.status(fleet.scope(campaign, "ok")).state == "done",
+                    30,
+                    "delivery",
+                )
         wait_until(lambda: fleet.dlq.entries(), 30, "the DLQ entry")
 
         [sent] = [r for r in sandbox.requests(campaign) if r["status"] == 200]

@@ -51,6 +51,23 @@ class SleepRecorder:
             self._on_sleep(len(self.calls), seconds)
 
 
+class StandingClock:
+    """A clock (seconds, like ``time.time``) that stands still until a test advances it.
+
+    The pipeline's rate limiter reads it instead of Redis ``TIME``, so the waits
+    it hands out are exact whatever the machine's load.
+    """
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class ClixHarness:
     """A client talking to a scripted Clix, with what it sent and how long it waited."""
@@ -205,7 +222,7 @@ class Pipeline:
     sleeps: SleepRecorder = field(default_factory=SleepRecorder)
     limiter_sleeps: SleepRecorder = field(default_factory=SleepRecorder)
     #: the limiter's clock: it stands still, so limiter waits are exact under any load
-    clock: Callable[[], float] = field(default_factory=lambda: lambda: 1_800_000_000.0)
+    clock: StandingClock = field(default_factory=StandingClock)
 
     def delivery(
         self,
@@ -249,7 +266,7 @@ def pipeline(
         ctx = WorkerContext.build(settings, redis_conn=fake_redis, clix=harness.client)
         built = ctx.limiter
         limiter_sleeps = SleepRecorder(on_limiter_sleep)
-        clock = Pipeline.__dataclass_fields__["clock"].default_factory()  # type: ignore[misc]
+        clock = StandingClock()
         ctx.limiter = RateLimiter(
             fake_redis,
             built.key,

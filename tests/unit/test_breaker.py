@@ -1,8 +1,17 @@
 """The fleet-wide circuit breaker on fakeredis.
 
-Two clocks are at work: Redis ``TIME`` decides when a probe is due (so probe
-intervals here are tiny and waited out for real), and the breaker's own
-``clock`` (a fake one here) only times the local cache of a "closed" verdict.
+Two clocks are at work: Redis ``TIME`` decides when a probe is due, and the
+breaker's own ``clock`` (a fake one here) only times the local cache of a
+"closed" verdict. Redis ``TIME`` cannot be faked, so every assertion on it is
+one that load cannot break:
+
+* "not due yet" is asserted only on intervals no test run reaches (tens of
+  seconds: the fixture's defaults);
+* "due" is asserted only after sleeping generously past a tiny interval
+  (:data:`TINY_PROBE_S`, slept :data:`PAST_TINY_S`), as a sleep is never shorter.
+
+A test that needs both uses two breakers on the same key (two worker
+processes): the probe and reopen intervals come from whichever records or asks.
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ import pytest
 from tasks.breaker import BreakerState, CircuitBreaker, Outcome
 
 KEY = "clix:breaker:proj-unit"
-TINY_PROBE_S = 0.05
+TINY_PROBE_S = 0.05  # intervals meant to pass during a test...
+PAST_TINY_S = 0.25  # ...and how long the test sleeps to be sure they have
+PROBE_S = 30.0  # intervals meant never to pass during a test
+AUTH_PROBE_S = 120.0
 
 
 class FakeClock:
@@ -48,8 +60,8 @@ def make_breaker(
             "window": 20,
             "min_samples": 10,
             "failure_ratio": 0.8,
-            "probe_s": 5.0,
-            "auth_probe_s": 30.0,
+            "probe_s": PROBE_S,
+            "auth_probe_s": AUTH_PROBE_S,
             "cache_s": 1.0,
             "clock": clock,
         }
@@ -103,9 +115,9 @@ def test_an_auth_failure_opens_the_breaker_at_once_for_the_fleet(
     assert (state.state, state.reason) == ("open", "auth")
     assert state.consuming is False
     assert state.probe_in_s is not None
-    assert 29.5 < state.probe_in_s <= 30.0  # auth_probe_s, not probe_s
+    assert PROBE_S < state.probe_in_s <= AUTH_PROBE_S  # auth_probe_s, not probe_s
     assert state.opened_at_ms is not None
-    assert abs(state.opened_at_ms / 1000 - time.time()) < 5
+    assert abs(state.opened_at_ms / 1000 - time.time()) < 60  # Redis TIME: the wall clock
     assert breaker.allow("owner-a") == (False, "auth")
     assert other_worker.allow("owner-b") == (False, "auth")
 
@@ -119,7 +131,7 @@ def test_a_storm_of_failures_opens_the_breaker_for_an_outage(
     state = breaker.state()
     assert (state.state, state.reason) == ("open", "outage")
     assert state.probe_in_s is not None
-    assert 4.5 < state.probe_in_s <= 5.0  # probe_s
+    assert PROBE_S / 2 < state.probe_in_s <= PROBE_S  # probe_s (slack for load)
     assert breaker.allow("owner-a") == (False, "outage")
 
 
@@ -163,7 +175,7 @@ def test_an_auth_failure_takes_over_an_outage(
     state = breaker.state()
     assert (state.state, state.reason) == ("open", "auth")
     assert state.probe_in_s is not None
-    assert state.probe_in_s > 5.0  # the longer auth probe interval now applies
+    assert state.probe_in_s > PROBE_S  # the longer auth probe interval now applies
 
 
 # --- half-open: the probe -------------------------------------------------------------
@@ -172,11 +184,11 @@ def test_an_auth_failure_takes_over_an_outage(
 def test_once_the_probe_is_due_exactly_one_owner_probes(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
+    # (that nobody probes before the probe time: test_a_storm_of_failures_opens...)
     breaker = make_breaker(min_samples=2, probe_s=TINY_PROBE_S)
     other_worker = make_breaker()
     open_for_outage(breaker)
-    assert breaker.allow("owner-a") == (False, "outage")
-    time.sleep(TINY_PROBE_S * 2)
+    time.sleep(PAST_TINY_S)
     state = breaker.state()
     assert (state.state, state.probe_in_s) == ("half_open", 0.0)
     assert state.consuming is True  # workers take messages again: one may probe
@@ -191,7 +203,7 @@ def test_a_probe_that_succeeds_closes_the_breaker(
 ) -> None:
     breaker = make_breaker(min_samples=2, probe_s=TINY_PROBE_S)
     open_for_outage(breaker)
-    time.sleep(TINY_PROBE_S * 2)
+    time.sleep(PAST_TINY_S)
     assert breaker.allow("owner-a") == (True, "probe")
     assert breaker.record(Outcome.OK) == "closed"
     assert breaker.state() == BreakerState("closed")
@@ -205,65 +217,88 @@ def test_a_probe_that_succeeds_closes_the_breaker(
 def test_a_probe_that_fails_reopens_the_breaker_for_another_interval(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
-    breaker = make_breaker(min_samples=2, probe_s=TINY_PROBE_S)
-    open_for_outage(breaker)
-    opened_at = breaker.state().opened_at_ms
-    time.sleep(TINY_PROBE_S * 2)
-    assert breaker.allow("owner-a") == (True, "probe")
-    assert breaker.record(Outcome.FAILURE) == "reopened"
-    state = breaker.state()
+    opener = make_breaker(min_samples=2, probe_s=TINY_PROBE_S)
+    prober = make_breaker()  # the probing worker: its probe_s (30 s) sets the next interval
+    open_for_outage(opener)
+    opened_at = opener.state().opened_at_ms
+    time.sleep(PAST_TINY_S)
+    assert prober.allow("owner-a") == (True, "probe")
+    assert prober.record(Outcome.FAILURE) == "reopened"
+    state = prober.state()
     assert (state.state, state.reason) == ("open", "outage")
     assert state.probe_in_s is not None
-    assert 0 < state.probe_in_s <= TINY_PROBE_S
+    assert PROBE_S / 2 < state.probe_in_s <= PROBE_S  # a whole interval again
     assert state.opened_at_ms == opened_at  # still the same outage
-    assert breaker.allow("owner-b") == (False, "outage")
-    # and the next interval brings the next probe, for any owner
-    time.sleep(TINY_PROBE_S * 2)
+    assert prober.allow("owner-b") == (False, "outage")
+    assert opener.allow("owner-a") == (False, "outage")  # the old probe is no more
+
+
+def test_after_a_failed_probe_the_next_interval_brings_the_next_probe_for_any_owner(
+    make_breaker: Callable[..., CircuitBreaker],
+) -> None:
+    breaker = make_breaker(min_samples=2, probe_s=TINY_PROBE_S)
+    open_for_outage(breaker)
+    time.sleep(PAST_TINY_S)
+    assert breaker.allow("owner-a") == (True, "probe")
+    assert breaker.record(Outcome.FAILURE) == "reopened"
+    time.sleep(PAST_TINY_S)
     assert breaker.allow("owner-b") == (True, "probe")
 
 
 def test_an_auth_probe_that_is_refused_again_reopens_with_reason_auth(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
-    breaker = make_breaker(auth_probe_s=TINY_PROBE_S)
-    assert breaker.record(Outcome.AUTH) == "opened"
-    time.sleep(TINY_PROBE_S * 2)
-    assert breaker.allow("owner-a") == (True, "probe")
-    assert breaker.record(Outcome.AUTH) == "reopened"
-    assert (breaker.state().state, breaker.state().reason) == ("open", "auth")
-    assert breaker.allow("owner-a") == (False, "auth")
+    opener = make_breaker(auth_probe_s=TINY_PROBE_S)
+    prober = make_breaker()  # reopens for its auth_probe_s (120 s): still open below
+    assert opener.record(Outcome.AUTH) == "opened"
+    time.sleep(PAST_TINY_S)
+    assert prober.allow("owner-a") == (True, "probe")
+    assert prober.record(Outcome.AUTH) == "reopened"
+    assert (prober.state().state, prober.state().reason) == ("open", "auth")
+    assert prober.allow("owner-a") == (False, "auth")
 
 
 def test_a_probe_that_never_reports_is_replaced_after_its_timeout(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
-    breaker = make_breaker(min_samples=2, probe_s=TINY_PROBE_S, probe_timeout_s=TINY_PROBE_S)
-    open_for_outage(breaker)
-    time.sleep(TINY_PROBE_S * 2)
-    assert breaker.allow("owner-a") == (True, "probe")  # then its worker dies
-    assert breaker.allow("owner-b") == (False, "wait")
-    time.sleep(TINY_PROBE_S * 2)
-    assert breaker.allow("owner-b") == (True, "probe")
-    assert breaker.allow("owner-a") == (False, "wait")
+    # (that others wait while the probe's token is valid: test_once_the_probe_is_due...)
+    # the probe's timeout is that of the worker taking the token
+    hasty = make_breaker(min_samples=2, probe_s=TINY_PROBE_S, probe_timeout_s=TINY_PROBE_S)
+    patient = make_breaker(probe_timeout_s=PROBE_S)
+    open_for_outage(hasty)
+    time.sleep(PAST_TINY_S)
+    assert hasty.allow("owner-a") == (True, "probe")  # then its worker dies
+    time.sleep(PAST_TINY_S)
+    assert patient.allow("owner-b") == (True, "probe")
+    assert patient.allow("owner-a") == (False, "wait")
+    assert hasty.allow("owner-a") == (False, "wait")
 
 
 # --- state ----------------------------------------------------------------------------
 
 
-def test_state_reports_open_then_half_open_then_closed_with_probe_in_s(
+def test_state_reports_open_with_probe_in_s_counting_down(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
-    breaker = make_breaker(min_samples=2, probe_s=0.2)
+    breaker = make_breaker(min_samples=2)
     open_for_outage(breaker)
     first = breaker.state()
     assert first.state == "open"
     assert first.probe_in_s is not None
-    assert 0.1 < first.probe_in_s <= 0.2
-    time.sleep(0.05)
+    assert PROBE_S / 2 < first.probe_in_s <= PROBE_S
+    time.sleep(0.05)  # at least 50 ms pass; probe_in_s has millisecond resolution
     second = breaker.state()
+    assert second.state == "open"
     assert second.probe_in_s is not None
-    assert second.probe_in_s < first.probe_in_s  # counting down
-    time.sleep(0.2)
+    assert second.probe_in_s < first.probe_in_s - 0.04  # counting down
+
+
+def test_state_reports_half_open_once_due_then_closed(
+    make_breaker: Callable[..., CircuitBreaker],
+) -> None:
+    breaker = make_breaker(min_samples=2, probe_s=TINY_PROBE_S)
+    open_for_outage(breaker)
+    time.sleep(PAST_TINY_S)
     assert (breaker.state().state, breaker.state().probe_in_s) == ("half_open", 0.0)
     assert breaker.state().reason == "outage"
     breaker.allow("owner-a")
@@ -274,7 +309,7 @@ def test_state_reports_open_then_half_open_then_closed_with_probe_in_s(
 def test_state_has_no_side_effects(make_breaker: Callable[..., CircuitBreaker]) -> None:
     breaker = make_breaker(min_samples=2, probe_s=TINY_PROBE_S)
     open_for_outage(breaker)
-    time.sleep(TINY_PROBE_S * 2)
+    time.sleep(PAST_TINY_S)
     for _ in range(3):
         assert breaker.state().state == "half_open"
     # reading the state handed out no probe token

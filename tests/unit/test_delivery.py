@@ -3,6 +3,13 @@
 The real :class:`tasks.delivery.Delivery` runs against a
 :class:`tasks.context.WorkerContext` wired to fakeredis and to a Clix client
 whose transport is an ``httpx.MockTransport`` (the ``pipeline`` fixture).
+
+Time: the fleet limiter reads the pipeline's standing clock (``p.clock``), so
+its waits are asserted exactly; the delivery's reading of the wall clock (for
+``X-RateLimit-Reset``) is frozen at that same instant where it matters
+(``frozen_wall_clock``). Only the circuit breaker runs on Redis ``TIME``,
+which cannot be faked: its probe intervals are either long (never reached
+during a test) or tiny and slept through generously, so load cannot fail them.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ import httpx
 import pytest
 import redis
 
+import tasks.delivery
 from config.keys import Scope
 from tasks.breaker import CircuitBreaker, Outcome
 from tasks.delivery import REQUEUE_PAUSE_S, RequeueMessage
 from tasks.errors import DeadLettered
 from tasks.idempotency import ClaimState, new_owner
 from tasks.ratelimit import RateLimiter
+from tests.unit.conftest import StandingClock
 
 #: the ``pipeline`` fixture: ``pipeline(*steps, then=, on_sleep=, **settings)`` -> Pipeline
 Pipe = Callable[..., Any]
@@ -78,6 +87,27 @@ def fleet_wait_s(p: Any, fake_redis: fakeredis.FakeRedis) -> float:
         clock=p.clock,
     )
     return limiter.acquire()
+
+
+class FrozenTime:
+    """The ``time`` module as ``tasks.delivery`` sees it, with ``time()`` frozen."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:  # monotonic, sleep...: the real ones
+        return getattr(time, name)
+
+
+@pytest.fixture
+def frozen_wall_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenTime:
+    """Freeze the wall clock of ``tasks.delivery`` at the pipeline limiter's instant."""
+    frozen = FrozenTime(StandingClock().now)
+    monkeypatch.setattr(tasks.delivery, "time", frozen)
+    return frozen
 
 
 # --- success and deduplication --------------------------------------------------------
@@ -193,7 +223,8 @@ def test_401_requeues_uncounted_and_opens_the_breaker(
     breaker = p.ctx.breaker.state()
     assert (breaker.state, breaker.reason) == ("open", "auth")
     assert breaker.probe_in_s is not None
-    assert 29 < breaker.probe_in_s <= 30
+    # the auth probe interval (30 s), not the outage one (5 s); seconds of slack for load
+    assert 5 < breaker.probe_in_s <= 30
     meta = p.ctx.store.meta(scope_of(p))
     # the claim is given back uncounted: a broken key never pushes messages
     # towards the redelivery limit; the request it sent stays counted
@@ -224,8 +255,10 @@ def test_a_probe_that_is_accepted_closes_the_breaker_and_sends(
     caplog.set_level(logging.INFO)
     p = pipeline(401, 200, clix_auth_probe_s=0.05)
     requeue(p, task_id="task-1")
-    assert p.ctx.breaker.state().state == "open"
-    time.sleep(0.1)  # the probe time passes (Redis TIME: a real wait)
+    # opened for auth (whether it is still "open" depends on how fast this runs:
+    # test_401_requeues_uncounted_and_opens_the_breaker asserts that)
+    assert p.ctx.breaker.state().reason == "auth"
+    time.sleep(0.5)  # generously past the probe time (Redis TIME: a real wait)
     assert p.ctx.breaker.state().state == "half_open"
     # the redelivered message is the probe; the key works again
     assert p.run(KWARGS, task_id="task-1") == {"trigger_id": "trg-2", "deduplicated": False}
@@ -238,7 +271,7 @@ def test_a_probe_that_is_accepted_closes_the_breaker_and_sends(
 def test_repeated_401s_never_reach_the_redelivery_limit(pipeline: Pipe) -> None:
     p = pipeline(then=401, clix_auth_probe_s=0.01, clix_redelivery_limit=2)
     for _ in range(4):  # more redeliveries than the limit allows
-        time.sleep(0.02)  # each redelivery is the next probe
+        time.sleep(0.05)  # each redelivery is the next probe (load only waits longer)
         requeue(p, task_id="task-1")
     assert len(p.clix.requests) == 4  # one probe per probe interval, no more
     assert p.ctx.dlq.depth() == 0
@@ -286,7 +319,7 @@ def test_429_is_waited_out_and_then_sent(pipeline: Pipe) -> None:
     assert p.clix.sleeps.calls == [1.5]
     # the retry also waited for the fleet limiter held back by the 429
     # (with real sleeps the backoff has already spent that time)
-    assert p.limiter_sleeps.calls == [pytest.approx(1.5, abs=1e-5)]
+    assert p.limiter_sleeps.calls == [1.5]  # exactly: the limiter's clock stands still
     assert p.ctx.breaker.state().state == "closed"  # a 429 is no failure of Clix
 
 
@@ -295,8 +328,9 @@ def test_429_holds_the_whole_fleet_for_retry_after(
 ) -> None:
     p = pipeline(httpx.Response(429, headers={"Retry-After": "1.5"}), 200)
     p.run(KWARGS)
-    # another worker's next request waits out what is left of the hold
-    assert fleet_wait_s(p, fake_redis) == pytest.approx(1.5, abs=0.01)  # another burst size
+    # another worker's next request (at the same instant) waits out the hold,
+    # plus the one slot (1 ms at 1,000/s) the retry took after it
+    assert fleet_wait_s(p, fake_redis) == 1.501
 
 
 def test_429_hold_of_the_fleet_is_capped_by_retry_after_max(
@@ -305,7 +339,7 @@ def test_429_hold_of_the_fleet_is_capped_by_retry_after_max(
     p = pipeline(httpx.Response(429, headers={"Retry-After": "600"}), 200)
     p.run(KWARGS)
     assert p.clix.sleeps.calls == [2.0]  # clix_retry_after_max_s of the test settings
-    assert p.limiter_sleeps.calls == [pytest.approx(2.0, abs=1e-5)]
+    assert p.limiter_sleeps.calls == [2.0]
 
 
 def test_429s_beyond_their_wait_budget_requeue_uncounted(pipeline: Pipe) -> None:
@@ -321,24 +355,34 @@ def test_429s_beyond_their_wait_budget_requeue_uncounted(pipeline: Pipe) -> None
     assert p.ctx.breaker.state().state == "closed"
 
 
-def test_low_remaining_quota_slows_the_fleet_down(
-    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
-) -> None:
-    def nearly_spent(request: httpx.Request) -> httpx.Response:
-        headers = {
-            "X-RateLimit-Limit": "1000",
-            "X-RateLimit-Remaining": "10",  # 1 %, under the 2 % watermark
-            "X-RateLimit-Reset": str(time.time() + 1.0),
-        }
-        return httpx.Response(200, json={"trigger_id": "trg-q"}, headers=headers)
+def nearly_spent(reset_at_s: float) -> httpx.Response:
+    headers = {
+        "X-RateLimit-Limit": "1000",
+        "X-RateLimit-Remaining": "10",  # 1 %, under the 2 % watermark
+        "X-RateLimit-Reset": str(reset_at_s),
+    }
+    return httpx.Response(200, json={"trigger_id": "trg-q"}, headers=headers)
 
-    p = pipeline(nearly_spent)
+
+def test_low_remaining_quota_slows_the_fleet_down_until_the_reset(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: FrozenTime
+) -> None:
+    p = pipeline(nearly_spent(frozen_wall_clock.now + 1.0))
     assert p.run(KWARGS)["trigger_id"] == "trg-q"
-    assert fleet_wait_s(p, fake_redis) == pytest.approx(1.0, abs=0.1)  # reset is wall time
+    # the reset is wall time, frozen at the limiter's instant: exactly 1 s away
+    assert fleet_wait_s(p, fake_redis) == 1.0
+
+
+def test_low_remaining_quota_hold_is_capped_by_retry_after_max(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: FrozenTime
+) -> None:
+    p = pipeline(nearly_spent(frozen_wall_clock.now + 600.0))
+    assert p.run(KWARGS)["trigger_id"] == "trg-q"
+    assert fleet_wait_s(p, fake_redis) == 2.0  # clix_retry_after_max_s of the test settings
 
 
 def test_ample_remaining_quota_does_not_slow_the_fleet(
-    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: FrozenTime
 ) -> None:
     ample = httpx.Response(
         200,
@@ -346,7 +390,7 @@ def test_ample_remaining_quota_does_not_slow_the_fleet(
         headers={
             "X-RateLimit-Limit": "1000",
             "X-RateLimit-Remaining": "900",
-            "X-RateLimit-Reset": str(time.time() + 1.0),
+            "X-RateLimit-Reset": str(frozen_wall_clock.now + 1.0),
         },
     )
     p = pipeline(ample)
@@ -360,7 +404,10 @@ def test_ample_remaining_quota_does_not_slow_the_fleet(
 def test_a_5xx_storm_opens_the_breaker_and_requeues_instead_of_dead_lettering(
     pipeline: Pipe,
 ) -> None:
-    p = pipeline(then=503, clix_max_attempts=3, clix_breaker_min_samples=2)
+    # a probe interval no test run reaches, so the breaker is surely still open below
+    p = pipeline(
+        then=503, clix_max_attempts=3, clix_breaker_min_samples=2, clix_breaker_probe_s=300
+    )
     assert "BreakerOpen" in requeue(p, task_id="task-1")
     # the second failure opened the breaker: the third attempt never went out
     assert len(p.clix.requests) == 2
@@ -385,7 +432,7 @@ def test_every_request_takes_a_slot_of_the_fleet_limiter(
     p.run(KWARGS)
     # three requests at 10/s with no burst: waits of exactly 0, 0.1 and 0.2 s
     # (recorded, not slept, on a clock that stands still)
-    assert p.limiter_sleeps.calls == [pytest.approx(0.1, abs=1e-5), pytest.approx(0.2, abs=1e-5)]
+    assert p.limiter_sleeps.calls == [0.1, 0.2]
     assert fake_redis.pttl(p.ctx.limiter.key) > 0
 
 
