@@ -78,8 +78,10 @@ class Delivery:
         kwargs: dict[str, Any],
         *,
         sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.ctx = ctx
+        self.wall_clock = wall_clock  # read against X-RateLimit-Reset (unix seconds)
         self.task_id = task_id
         self.args = args
         self.kwargs = kwargs
@@ -249,7 +251,8 @@ class Delivery:
             self._log("rate_limited", retry_after_s=wait, level=logging.WARNING)
         elif quota is not None and quota.limit and quota.remaining is not None:
             low = quota.remaining <= quota.limit * settings.clix_rate_limit_low_watermark
-            reset_in = (quota.reset_at_s or time.time() + 1.0) - time.time()
+            now = self.wall_clock()
+            reset_in = (quota.reset_at_s or now + 1.0) - now
             if low and reset_in > 0:
                 limiter.hold(min(reset_in, settings.clix_retry_after_max_s))
 

@@ -232,7 +232,9 @@ class Pipeline:
         args: tuple[Any, ...] = (),
         sleep: SleepRecorder | None = None,
     ) -> Delivery:
-        return Delivery(self.ctx, task_id, args, kwargs, sleep=sleep or self.sleeps)
+        return Delivery(
+            self.ctx, task_id, args, kwargs, sleep=sleep or self.sleeps, wall_clock=self.clock
+        )
 
     def run(self, kwargs: dict[str, Any], **options: Any) -> dict[str, Any]:
         return self.delivery(kwargs, **options).run()

@@ -5,11 +5,11 @@ The real :class:`tasks.delivery.Delivery` runs against a
 whose transport is an ``httpx.MockTransport`` (the ``pipeline`` fixture).
 
 Time: the fleet limiter reads the pipeline's standing clock (``p.clock``), so
-its waits are asserted exactly; the delivery's reading of the wall clock (for
-``X-RateLimit-Reset``) is frozen at that same instant where it matters
-(``frozen_wall_clock``). Only the circuit breaker runs on Redis ``TIME``,
-which cannot be faked: its probe intervals are either long (never reached
-during a test) or tiny and slept through generously, so load cannot fail them.
+its waits are asserted exactly; the delivery reads the same standing clock as
+its wall clock (``Delivery(wall_clock=...)``, for ``X-RateLimit-Reset``).
+Only the circuit breaker runs on Redis ``TIME``, which cannot be faked: its
+probe intervals are either long (never reached during a test) or tiny and
+slept through generously, so load cannot fail them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import httpx
 import pytest
 import redis
 
-import tasks.delivery
 from config.keys import Scope
 from tasks.breaker import CircuitBreaker, Outcome
 from tasks.delivery import REQUEUE_PAUSE_S, RequeueMessage
@@ -89,25 +88,10 @@ def fleet_wait_s(p: Any, fake_redis: fakeredis.FakeRedis) -> float:
     return limiter.acquire()
 
 
-class FrozenTime:
-    """The ``time`` module as ``tasks.delivery`` sees it, with ``time()`` frozen."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def __getattr__(self, name: str) -> Any:  # monotonic, sleep...: the real ones
-        return getattr(time, name)
-
-
 @pytest.fixture
-def frozen_wall_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenTime:
-    """Freeze the wall clock of ``tasks.delivery`` at the pipeline limiter's instant."""
-    frozen = FrozenTime(StandingClock().now)
-    monkeypatch.setattr(tasks.delivery, "time", frozen)
-    return frozen
+def frozen_wall_clock() -> StandingClock:
+    """The wall clock the pipeline hands its deliveries (the limiter's, standing still)."""
+    return StandingClock()
 
 
 # --- success and deduplication --------------------------------------------------------
@@ -365,7 +349,7 @@ def nearly_spent(reset_at_s: float) -> httpx.Response:
 
 
 def test_low_remaining_quota_slows_the_fleet_down_until_the_reset(
-    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: FrozenTime
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: StandingClock
 ) -> None:
     p = pipeline(nearly_spent(frozen_wall_clock.now + 1.0))
     assert p.run(KWARGS)["trigger_id"] == "trg-q"
@@ -374,7 +358,7 @@ def test_low_remaining_quota_slows_the_fleet_down_until_the_reset(
 
 
 def test_low_remaining_quota_hold_is_capped_by_retry_after_max(
-    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: FrozenTime
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: StandingClock
 ) -> None:
     p = pipeline(nearly_spent(frozen_wall_clock.now + 600.0))
     assert p.run(KWARGS)["trigger_id"] == "trg-q"
@@ -382,7 +366,7 @@ def test_low_remaining_quota_hold_is_capped_by_retry_after_max(
 
 
 def test_ample_remaining_quota_does_not_slow_the_fleet(
-    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: FrozenTime
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: StandingClock
 ) -> None:
     ample = httpx.Response(
         200,
