@@ -5,7 +5,8 @@
 A sandbox enforces Clix's token bucket at ``--limit`` requests/s. The same
 fleet (``--workers`` x ``--concurrency`` processes) drains ``--triggers``
 triggers twice: once with ``CLIX_RATE_LIMIT_PER_S`` at the limit, once with the
-limiter effectively off (the bare baseline). Printed: achieved rate (first to
+limiter effectively off and ``CLIX_RATE_LIMIT_LOW_WATERMARK=0`` (the bare
+baseline: it still pauses when Clix reports no requests remaining). Printed: achieved rate (first to
 last accepted request), 429 answers, and the ratios achieved/limit.
 """
 
@@ -34,7 +35,9 @@ from worker.redis_server import RedisServer  # noqa: E402
 API_KEY = "bench-" + uuid.uuid4().hex
 
 
-def _run(args: argparse.Namespace, limiter_rate: float, workdir: Path) -> tuple[float, int]:
+def _run(
+    args: argparse.Namespace, limiter_rate: float, workdir: Path, watermark: str = "0.02"
+) -> tuple[float, int]:
     with RedisServer(appendonly=False) as redis_server:
         sandbox = SandboxProcess(workdir, "bench", API_KEY, "--rate-limit", str(args.limit))
         suffix = uuid.uuid4().hex[:8]
@@ -46,6 +49,7 @@ def _run(args: argparse.Namespace, limiter_rate: float, workdir: Path) -> tuple[
             CLIX_QUEUE=f"bench.{suffix}",
             CLIX_KEY_PREFIX=f"b{suffix}",
             CLIX_RATE_LIMIT_PER_S=str(limiter_rate),
+            CLIX_RATE_LIMIT_LOW_WATERMARK=watermark,
             CLIX_RATE_LIMIT_BURST=str(max(1, int(args.limit / 10))),
             **FAST_SETTINGS,
         )
@@ -90,7 +94,9 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="clix-bench-"))
     limited = _run(args, args.limit, workdir)
-    bare = _run(args, 1_000_000, workdir)
+    # bare: no limiter and no early slowing down; the pause once Clix reports
+    # X-RateLimit-Remaining 0 stays (a watermark of 0 still means "at 0")
+    bare = _run(args, 1_000_000, workdir, watermark="0")
     processes = args.workers * args.concurrency
     print(f"{args.triggers} triggers, {processes} worker processes, Clix limit {args.limit:g}/s")
     for name, (rate, answered_429) in (("limiter on", limited), ("bare (limiter off)", bare)):
