@@ -31,7 +31,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["KeySpace", "Scope"]
+__all__ = ["KeySpace", "Scope", "as_text"]
+
+
+def as_text(value: object) -> str:
+    """A Redis reply as text (clients here run without ``decode_responses``)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _part(value: str) -> str:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import redis
 
+from config.keys import as_text
+
 __all__ = ["BreakerState", "CircuitBreaker", "Outcome"]
 
 
@@ -150,10 +152,10 @@ class CircuitBreaker:
         verdict_raw, reason, _ = self._allow(
             keys=[self.state_key], args=[owner, self.probe_timeout_ms]
         )
-        verdict = _text(verdict_raw)
+        verdict = as_text(verdict_raw)
         if verdict == "closed":
             self._closed_until = self._clock() + self.cache_s
-        return verdict in ("closed", "probe"), verdict if verdict != "open" else _text(reason)
+        return verdict in ("closed", "probe"), verdict if verdict != "open" else as_text(reason)
 
     def record(self, outcome: Outcome) -> str:
         """Record one request's outcome; return the transition it caused ('' for none)."""
@@ -172,7 +174,7 @@ class CircuitBreaker:
         return self._send("storm" if storm else "failure")
 
     def _send(self, event: str) -> str:
-        transition = _text(
+        transition = as_text(
             self._record(keys=[self.state_key], args=[event, self.probe_ms, self.auth_probe_ms])
         )
         if transition:
@@ -188,7 +190,7 @@ class CircuitBreaker:
         pipe.hgetall(self.state_key)
         pipe.time()
         raw, (seconds, micros) = pipe.execute()
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         if not fields.get("state"):
             return BreakerState("closed")
         now_ms = int(seconds) * 1000 + int(micros) // 1000
@@ -199,7 +201,3 @@ class CircuitBreaker:
             int(fields["opened_at"]) if "opened_at" in fields else None,
             max(0.0, (probe_at - now_ms) / 1000),
         )
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

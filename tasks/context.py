@@ -33,6 +33,8 @@ __all__ = [
     "WorkerContext",
     "circuit_breaker",
     "current",
+    "dead_letter_queue",
+    "idempotency_store",
     "plan_registry",
     "producer_ledger",
     "rate_limiter",
@@ -70,13 +72,8 @@ class WorkerContext:
         return cls(
             settings=settings,
             conn=conn,
-            store=IdempotencyStore(
-                conn,
-                keys,
-                lease_ms=int(settings.clix_lease_s * 1000),
-                ttl_s=settings.clix_idempotency_ttl_s,
-            ),
-            dlq=DeadLetterQueue(conn, keys, ttl_s=settings.clix_idempotency_ttl_s),
+            store=idempotency_store(settings, conn),
+            dlq=dead_letter_queue(settings, conn),
             clix=clix if clix is not None else ClixClient.from_settings(settings),
             limiter=rate_limiter(settings, conn, project_id),
             breaker=circuit_breaker(settings, conn, project_id),
@@ -126,6 +123,23 @@ def producer_ledger(settings: Settings) -> PendingLedger:
 def plan_registry(spec: str | None) -> PlanRegistry:
     """The trigger plans of ``CLIX_PLANS``, loaded once per process (raises ``PlanError``)."""
     return PlanRegistry.load(spec)
+
+
+def idempotency_store(settings: Settings, conn: redis.Redis) -> IdempotencyStore:
+    """The ledger on ``conn`` (``CLIX_LEASE_S``, ``CLIX_IDEMPOTENCY_TTL_S``)."""
+    return IdempotencyStore(
+        conn,
+        KeySpace(settings.clix_key_prefix),
+        lease_ms=int(settings.clix_lease_s * 1000),
+        ttl_s=settings.clix_idempotency_ttl_s,
+    )
+
+
+def dead_letter_queue(settings: Settings, conn: redis.Redis) -> DeadLetterQueue:
+    """The dead-letter queue on ``conn``."""
+    return DeadLetterQueue(
+        conn, KeySpace(settings.clix_key_prefix), ttl_s=settings.clix_idempotency_ttl_s
+    )
 
 
 def rate_limiter(settings: Settings, conn: redis.Redis, project_id: str) -> RateLimiter:

@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from config.keys import KeySpace, Scope
+from config.keys import KeySpace, Scope, as_text
 from tasks.errors import ReplayRefused
 from tasks.pii import redact
 
@@ -155,7 +155,7 @@ class DeadLetterQueue:
 
     def ids(self) -> list[str]:
         """Entry ids, oldest first."""
-        return [_text(i) for i in self.redis.zrange(self.keys.dlq_index, 0, -1)]
+        return [as_text(i) for i in self.redis.zrange(self.keys.dlq_index, 0, -1)]
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         """One entry, or ``None``."""
@@ -241,7 +241,3 @@ def scope_of(entry: dict[str, Any]) -> Scope | None:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -37,7 +37,7 @@ from urllib.parse import unquote
 
 import redis
 
-from config.keys import KeySpace, Scope
+from config.keys import KeySpace, Scope, as_text
 
 __all__ = ["Claim", "ClaimState", "IdempotencyStore", "Status", "new_owner"]
 
@@ -211,11 +211,11 @@ class IdempotencyStore:
                 redelivery_limit,
             ],
         )
-        state = ClaimState(_text(reply[0]))
+        state = ClaimState(as_text(reply[0]))
         if state is ClaimState.DONE:
-            return Claim(state, trigger_id=json.loads(_text(reply[1]))["trigger_id"])
+            return Claim(state, trigger_id=json.loads(as_text(reply[1]))["trigger_id"])
         if state is ClaimState.DEAD:
-            return Claim(state, dead_entry_id=_text(reply[1]))
+            return Claim(state, dead_entry_id=as_text(reply[1]))
         if state is ClaimState.OWN_LIVE:
             return Claim(state, lease_left_ms=max(0, int(reply[1])))
         if state is ClaimState.OTHER:
@@ -223,7 +223,7 @@ class IdempotencyStore:
         return Claim(
             state,
             deliveries=int(reply[1]),
-            took_over_mid_request=_text(reply[2]) == "1",
+            took_over_mid_request=as_text(reply[2]) == "1",
             attempts=int(reply[3]),
             first_seen=float(reply[4]),
         )
@@ -264,7 +264,7 @@ class IdempotencyStore:
     def meta(self, scope: Scope) -> dict[str, str]:
         """The scope's counters (deliveries, attempts, first_seen)."""
         raw = self.redis.hgetall(self.keys.meta(scope))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {as_text(k): as_text(v) for k, v in raw.items()}
 
     def status(self, scope: Scope) -> Status:
         """The scope's state as ``status`` shows it."""
@@ -275,11 +275,11 @@ class IdempotencyStore:
         pipe.exists(self.keys.pending(scope.campaign_id, scope.idempotency_key))
         done, leased, dead, pending = pipe.execute()
         if done is not None:
-            return Status("done", trigger_id=json.loads(_text(done))["trigger_id"])
+            return Status("done", trigger_id=json.loads(as_text(done))["trigger_id"])
         if leased:
             return Status("in_flight")
         if dead is not None:  # a copy enqueued again stays dead until the entry is replayed
-            return Status("unknown", dead_entry_id=_text(dead))
+            return Status("unknown", dead_entry_id=as_text(dead))
         if pending:
             return Status("queued")
         return Status("unknown")
@@ -290,13 +290,9 @@ class IdempotencyStore:
         for state in ("done", "lease", "dead"):
             pattern = self.keys.scope_pattern(state, campaign_id, idempotency_key)
             for key in self.redis.scan_iter(match=pattern, count=1000):
-                projects.add(unquote(_text(key).split(":")[-3]))
+                projects.add(unquote(as_text(key).split(":")[-3]))
         return sorted(projects)
 
     def count(self, counter: str, amount: int = 1) -> int:
         """Increment a fleet-wide counter (``ambiguous_duplicates``...)."""
         return int(self.redis.hincrby(self.keys.stats, counter, amount))
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

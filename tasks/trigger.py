@@ -90,8 +90,9 @@ class TriggerTask(Task):  # type: ignore[misc]
         settings = app_settings(self.app)
         # Pending record first, then the publish: a publish that fails, a broker
         # that forgets, a message lost in a worker crash are all re-published by
-        # the reconciler. The bulk path and the reconciler pass the enqueue time:
-        # they checked the plan and wrote the record themselves.
+        # the reconciler. The bulk path (which checked the plan) and the reconciler
+        # (re-publishing a checked trigger) pass the enqueue time: the record is
+        # theirs; a plan changed since is caught by the worker's own check.
         enqueued_at_ms = options.pop("clix_enqueued_at_ms", None)
         if enqueued_at_ms is None:
             check_contract(

@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 
 import click
 
-from config.keys import KeySpace
 from config.settings import ConfigurationError, Settings, get_settings
 
 __all__ = [
@@ -53,24 +52,13 @@ def emit(data: Any, as_json: bool, human: str) -> None:
 
 def idempotency_store(current: Settings) -> Any:
     """The ledger, for inspection (no Clix credentials needed)."""
-    from tasks.context import redis_client
-    from tasks.idempotency import IdempotencyStore
+    from tasks import context
 
-    return IdempotencyStore(
-        redis_client(current),
-        KeySpace(current.clix_key_prefix),
-        lease_ms=int(current.clix_lease_s * 1000),
-        ttl_s=current.clix_idempotency_ttl_s,
-    )
+    return context.idempotency_store(current, context.redis_client(current))
 
 
 def dead_letter_queue(current: Settings) -> Any:
     """The DLQ, for inspection and replay (no Clix credentials needed)."""
-    from tasks.context import redis_client
-    from tasks.dlq import DeadLetterQueue
+    from tasks import context
 
-    return DeadLetterQueue(
-        redis_client(current),
-        KeySpace(current.clix_key_prefix),
-        ttl_s=current.clix_idempotency_ttl_s,
-    )
+    return context.dead_letter_queue(current, context.redis_client(current))

