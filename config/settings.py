@@ -8,8 +8,10 @@ The settings also check themselves against each other, because several of the
 system's guarantees only hold when the numbers fit together:
 
 * every single wait (backoff cap, ``Retry-After`` cap) and the lease stay
-  under the broker's visibility timeout, or the Redis broker hands a message
-  out again while its first delivery is still running;
+  under the broker's visibility timeout, and a whole delivery ends by
+  :attr:`Settings.delivery_deadline_s` (the visibility timeout less a margin),
+  or the Redis broker hands a message out again while its first delivery is
+  still running;
 * the lease outlives the longest gap between two lease renewals (one request
   timeout plus one wait), or a live delivery loses its claim to a copy;
 * the idempotency window outlives the longest time a second copy of a trigger
@@ -33,6 +35,9 @@ __all__ = ["ConfigurationError", "Settings", "get_settings"]
 
 DEFAULT_BASE_URL = "https://api.clix.so"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: A delivery ends this long before its message's visibility timeout runs out:
+#: room for the commit, the acknowledgement and clock drift between hosts.
+VISIBILITY_MARGIN_S = 5.0
 
 
 class ConfigurationError(ValueError):
@@ -103,10 +108,23 @@ class Settings(BaseSettings):
     clix_reconcile_batch: int = Field(500, ge=1, description="Pending records per sweep.")
     clix_breaker_probe_s: float = Field(5.0, gt=0, description="Outage: probe interval.")
     clix_auth_probe_s: float = Field(30.0, gt=0, description="401/403: probe interval.")
-    clix_breaker_window: int = Field(20, ge=2, description="Recent requests judged per process.")
-    clix_breaker_min_samples: int = Field(10, ge=1, description="Samples before judging.")
+    clix_breaker_window_s: float = Field(
+        10.0, gt=0, description="Fleet-wide window of recent requests the breaker judges."
+    )
+    clix_breaker_min_samples: int = Field(
+        10, ge=1, description="Requests in the window before the breaker may open."
+    )
     clix_breaker_failure_ratio: float = Field(
         0.8, gt=0, le=1, description="Share of recent requests failing that opens the breaker."
+    )
+    clix_systemic_failure_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Share of the fleet's recent requests failing above which a spent retry budget "
+            "requeues the trigger (an outage) instead of dead-lettering it."
+        ),
     )
     clix_request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one HTTP request.")
     clix_retry_after_max_s: float = Field(
@@ -201,10 +219,13 @@ class Settings(BaseSettings):
                     f"{name}={value:g} must stay under CLIX_VISIBILITY_TIMEOUT_S={vt:g}, "
                     "or the broker redelivers messages that are still being worked on"
                 )
-        if self.clix_breaker_min_samples > self.clix_breaker_window:
+        if self.delivery_deadline_s < self.clix_request_timeout_s:
             problems.append(
-                f"CLIX_BREAKER_MIN_SAMPLES={self.clix_breaker_min_samples} is larger than "
-                f"CLIX_BREAKER_WINDOW={self.clix_breaker_window}: the breaker could never open"
+                f"CLIX_VISIBILITY_TIMEOUT_S={vt:g} leaves a delivery "
+                f"{self.delivery_deadline_s:g} s (after a {VISIBILITY_MARGIN_S:g} s margin), "
+                "less than one request "
+                f"(CLIX_REQUEST_TIMEOUT_S={self.clix_request_timeout_s:g}): raise the visibility "
+                "timeout or lower the request timeout"
             )
         if self.max_renewal_gap_s >= self.clix_lease_s:
             problems.append(
@@ -246,14 +267,20 @@ class Settings(BaseSettings):
         return self.clix_rate_limit_burst or max(1, int(self.clix_rate_limit_per_s / 10))
 
     @property
+    def delivery_deadline_s(self) -> float:
+        """How long one delivery may keep sending, from the moment its message arrived.
+
+        Every wait (backoff, ``Retry-After``, a rate-limit slot) and every request
+        must end within it, so a delivery is over well before the Redis broker
+        hands its message out again (``CLIX_VISIBILITY_TIMEOUT_S``): no second
+        copy grows while the first still works.
+        """
+        return self.clix_visibility_timeout_s - VISIBILITY_MARGIN_S
+
+    @property
     def delivery_horizon_s(self) -> float:
-        """Longest time one delivery can keep sending (retries, 429 waits, the last request)."""
-        return (
-            self.clix_retry_deadline_s
-            + self.clix_rate_limited_max_wait_s
-            + self.rate_limit_give_up_s
-            + self.max_renewal_gap_s
-        )
+        """Longest time one delivery can keep sending: its deadline."""
+        return self.delivery_deadline_s
 
     @property
     def retry_horizon_s(self) -> float:

@@ -142,8 +142,13 @@ class ClixClient:
         *,
         before_attempt: BeforeAttempt | None = None,
         after_attempt: AttemptHook | None = None,
+        remaining_s: Callable[[], float] | None = None,
     ) -> Sent:
-        """Send with the retry policy; raise the last :class:`ClixError` when it gives up."""
+        """Send with the retry policy; raise the last :class:`ClixError` when it gives up.
+
+        ``remaining_s``: time left before the delivery's deadline; no retry
+        starts that could not finish within it.
+        """
         attempts = 0
         started = time.monotonic()
 
@@ -163,7 +168,7 @@ class ClixClient:
                 after_attempt(attempts, None, (time.monotonic() - t0) * 1000, quota)
             return trigger_id
 
-        trigger_id = self.policy.retrying(sleep=self._sleep)(attempt)
+        trigger_id = self.policy.retrying(sleep=self._sleep, remaining_s=remaining_s)(attempt)
         return Sent(trigger_id, attempts, (time.monotonic() - started) * 1000)
 
 

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from config.keys import KeySpace
@@ -94,11 +94,17 @@ def redis_client(settings: Settings) -> redis.Redis:
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
-        # No redis-py retries: a failed store call puts the message back on the
-        # queue (tasks.errors.route_for), the one place that decides retries.
-        retry=Retry(NoBackoff(), 0),
+        # The store's retry policy: after a dropped connection, reconnect and
+        # repeat the command a few times within about a second. Every script
+        # here is safe to repeat (owner-keyed, see tasks.idempotency); a store
+        # that stays away longer fails the call and the delivery routes it.
+        retry=Retry(ExponentialBackoff(cap=STORE_RETRY_CAP_S, base=0.05), STORE_RETRIES),
     )
 
+
+#: Reconnect-and-repeat budget of one store command (about 1 s of waiting).
+STORE_RETRIES = 4
+STORE_RETRY_CAP_S = 0.5
 
 _lock = threading.Lock()
 _producer_ledgers: dict[tuple[int, str, str], PendingLedger] = {}
@@ -159,9 +165,10 @@ def circuit_breaker(settings: Settings, conn: redis.Redis, project_id: str) -> C
     return CircuitBreaker(
         conn,
         KeySpace(settings.clix_key_prefix).breaker(project_id),
-        window=settings.clix_breaker_window,
+        window_s=settings.clix_breaker_window_s,
         min_samples=settings.clix_breaker_min_samples,
         failure_ratio=settings.clix_breaker_failure_ratio,
+        systemic_ratio=settings.clix_systemic_failure_ratio,
         probe_s=settings.clix_breaker_probe_s,
         auth_probe_s=settings.clix_auth_probe_s,
         probe_timeout_s=settings.clix_request_timeout_s + 5,

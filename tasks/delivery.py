@@ -3,16 +3,32 @@
 ::
 
     1. parse + validate kwargs (and the plan)  invalid          -> DLQ invalid_payload
-    2. breaker allows? a rate-limit slot       open breaker     -> requeue, uncounted
-    3. claim the scope in the ledger           done / dead      -> ack, stored result
+    2. claim the scope in the ledger           done / dead      -> ack, stored result
                                                other message    -> ack as duplicate
                                                own copy running -> wait, claim again
                                                delivered > N    -> DLQ redelivery_limit
+    3. before every attempt: the breaker       open breaker     -> requeue, uncounted
+       allows it, a rate-limit slot is due     no slot in time  -> requeue, uncounted
     4. POST to Clix (retries inside)           final 4xx        -> DLQ rejected
-                                               budget spent     -> DLQ retries_exhausted
+                                               budget spent     -> DLQ retries_exhausted,
+                                                                   or requeue while the
+                                                                   fleet is failing
                                                401/403, 429s    -> requeue, uncounted
-    5. commit done(trigger_id) and ack
+    5. commit done(trigger_id) and ack         store away       -> retry the commit while
+                                                                   the lease lasts
     anything else (Redis down, a bug)         -> release the claim, requeue the message
+
+The gate of step 3 runs after the claim, right before each request: a copy
+that waited for its own running delivery, and the half-open probe, pass it
+like any other request. Every wait and request ends by the delivery's deadline
+(:attr:`config.settings.Settings.delivery_deadline_s`), before the broker could
+hand the message out again.
+
+Once Clix accepted the trigger, the delivery never forgets it: the ``trigger_id``
+is committed (retrying while the store is away), the breaker and the limiter
+are told on a best-effort basis, and if the store stays away past the lease
+the claim is left to expire with ``sending`` set, so the next delivery counts
+its resend as the one ambiguous duplicate instead of forgetting it.
 
 The message is acknowledged (the task returns or raises :class:`DeadLettered`)
 only after its outcome is in Redis. Every error goes through
@@ -21,12 +37,13 @@ only after its outcome is in Redis. Every error goes through
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
+
+import redis
 
 from config.keys import Scope
 from tasks import context
@@ -62,6 +79,12 @@ logger = logging.getLogger("clix.trigger")
 #: become a hot redelivery loop.
 REQUEUE_PAUSE_S = 1.0
 
+#: Store errors worth waiting out when a commit must land (a dropped connection,
+#: a restarting Redis, a replica promoted during failover).
+STORE_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+#: Longest pause between two commit attempts while the store is away.
+COMMIT_RETRY_MAX_S = 1.0
+
 
 class RequeueMessage(Exception):
     """The delivery gave its claim back; the broker must deliver the message again."""
@@ -79,9 +102,11 @@ class Delivery:
         *,
         sleep: Callable[[float], None] = time.sleep,
         wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ctx = ctx
-        self.wall_clock = wall_clock  # read against X-RateLimit-Reset (unix seconds)
+        self.wall_clock = wall_clock  # X-RateLimit-Reset without a Date header; done_at
+        self.clock = clock  # deadlines and leases
         self.task_id = task_id
         self.args = args
         self.kwargs = kwargs
@@ -92,8 +117,13 @@ class Delivery:
         self.scope: Scope | None = None
         self.claim: Claim | None = None
         self.attempts = 0
+        self.accepted: str | None = None  # the trigger_id once Clix accepted: never forgotten
         self._last_ambiguous = False
-        self._started = time.monotonic()
+        self._probe = False  # this delivery holds the breaker's half-open probe token
+        self._unsent_attempt = False  # an attempt is registered in the ledger, not yet sent
+        self._started = clock()
+        self._deadline = self._started + ctx.settings.delivery_deadline_s
+        self._lease_until = self._started
         self.fields: dict[str, Any] = {
             "task_id": task_id,
             "campaign_id": kwargs.get("campaign_id"),
@@ -117,14 +147,13 @@ class Delivery:
         settings = self.ctx.settings
         check_contract(trigger.to_kwargs(), self.ctx.plans, strict=settings.clix_plans_strict)
         scope = self.scope = Scope(self.project_id, trigger.campaign_id, trigger.idempotency_key)
-        self._gate()
         claim = self.claim = self._claim(scope)
         if claim.state is not ClaimState.CLAIMED:
             self._log(
                 "deduplicated",
                 claim=claim.state.value,
                 trigger_id=claim.trigger_id,
-                dead_letter_id=claim.dead_entry_id,
+                dead_entry_id=claim.dead_entry_id,
             )
             return {"trigger_id": claim.trigger_id, "deduplicated": True}
         self.attempts = claim.attempts
@@ -136,57 +165,101 @@ class Delivery:
                 f"delivered {claim.deliveries} times (limit {limit}): "
                 "the message keeps killing or failing its worker"
             )
+        self._unsent_attempt = True  # the claim registered attempt 1
         sent = self.ctx.clix.trigger(
-            trigger, before_attempt=self._before_attempt, after_attempt=self._after_attempt
+            trigger,
+            before_attempt=self._before_attempt,
+            after_attempt=self._after_attempt,
+            remaining_s=self._remaining_s,
         )
-        if not self.ctx.store.commit(scope, self.owner, sent.trigger_id):
+        self.accepted = sent.trigger_id
+        if not self._commit(scope, sent.trigger_id):
             self._ambiguous("another delivery took the scope over while this one was sending")
         self._log(
             "sent",
             trigger_id=sent.trigger_id,
             attempt=self.attempts,
-            latency_ms=round((time.monotonic() - self._started) * 1000, 1),
+            latency_ms=round((self.clock() - self._started) * 1000, 1),
         )
         return {"trigger_id": sent.trigger_id, "deduplicated": False}
+
+    def _remaining_s(self) -> float:
+        return self._deadline - self.clock()
 
     def _claim(self, scope: Scope) -> Claim:
         """Claim, waiting while a copy of this same message still runs."""
         settings = self.ctx.settings
-        give_up = time.monotonic() + settings.delivery_horizon_s + settings.clix_lease_s
         while True:
             claim = self.ctx.store.claim(
                 scope, self.owner, redelivery_limit=settings.clix_redelivery_limit
             )
             if claim.state is not ClaimState.OWN_LIVE:
+                self._lease_until = self.clock() + settings.clix_lease_s
                 return claim
-            if time.monotonic() > give_up:
+            pause = min(1.0, claim.lease_left_ms / 1000 + 0.05)
+            if self.clock() + pause > self._deadline:
                 raise ClaimBusy("a copy of this message still holds the claim")
-            self.sleep(min(1.0, claim.lease_left_ms / 1000 + 0.05))
+            self.sleep(pause)
+
+    def _commit(self, scope: Scope, trigger_id: str) -> bool:
+        """Commit what Clix accepted, retrying while the store is away and the lease lasts.
+
+        Nobody else can claim the scope while the lease is live, so a commit
+        that lands within it leaves exactly one request behind. Raises the
+        store's error when the lease ran out first.
+        """
+        done_at = self.wall_clock()  # the same record each time: a repeat is recognised
+        pause = 0.05
+        while True:
+            try:
+                return self.ctx.store.commit(scope, self.owner, trigger_id, done_at=done_at)
+            except STORE_UNAVAILABLE as exc:
+                if self.clock() + pause > self._lease_until:
+                    self._log(
+                        "commit_failed",
+                        trigger_id=trigger_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                        level=logging.ERROR,
+                    )
+                    raise
+                self._log(
+                    "commit_retry",
+                    trigger_id=trigger_id,
+                    error=type(exc).__name__,
+                    level=logging.WARNING,
+                )
+                self.sleep(pause)
+                pause = min(pause * 2, COMMIT_RETRY_MAX_S)
 
     def _gate(self) -> None:
         """Before a request: the breaker must allow it, then a rate-limit slot is due."""
         allowed, verdict = self.ctx.breaker.allow(self.owner)
         if not allowed:
             raise BreakerOpen(f"circuit breaker open ({verdict}): the message stays queued")
-        if verdict == "probe":
+        self._probe = verdict == "probe"
+        if self._probe:
             self._log("breaker_probe", level=logging.WARNING)
-        self.ctx.limiter.acquire(on_wait=self._renew_if_claimed)
+        # the slot must leave room for the request itself before the deadline
+        within_s = self._remaining_s() - self.ctx.settings.clix_request_timeout_s
+        self.ctx.limiter.acquire(on_wait=self._keep_lease, within_s=max(0.0, within_s))
 
-    def _renew_if_claimed(self) -> None:
-        """During a long wait for a rate-limit slot: keep the lease (retries only)."""
-        if self.scope is None or self.claim is None:
-            return  # the first request waits before the claim: nothing to keep
+    def _keep_lease(self) -> None:
+        """During a long wait for a rate-limit slot: keep (or re-take) the lease."""
+        assert self.scope is not None
         if not self.ctx.store.extend(self.scope, self.owner):
             raise ClaimLost("the scope was taken over while this delivery waited")
+        self._lease_until = self.clock() + self.ctx.settings.clix_lease_s
 
     def _before_attempt(self, number: int) -> None:
         assert self.scope is not None
+        self._gate()
         if number == 1:
             return  # the claim registered the first attempt
-        self._gate()
-        total = self.ctx.store.renew(self.scope, self.owner)
+        total = self.ctx.store.renew(self.scope, self.owner, number)
         if total is None:
             raise ClaimLost("the scope was taken over while this delivery was retrying")
+        self._lease_until = self.clock() + self.ctx.settings.clix_lease_s
+        self._unsent_attempt = True
         self.attempts = total
         if self._last_ambiguous:
             self._ambiguous("resending after a request whose answer was lost")
@@ -195,14 +268,20 @@ class Delivery:
         self, number: int, error: ClixError | None, latency_ms: float, quota: Quota | None
     ) -> None:
         assert self.scope is not None
+        self._unsent_attempt = False
         observe_request(latency_ms / 1000, status_of(error))
         self._last_ambiguous = is_ambiguous(error)
-        self._tell_breaker(error)
-        self._pace(error, quota)
+        # Advice to the fleet, not the trigger's outcome: a store error here must
+        # not turn an accepted trigger into a requeue (and a resend).
+        try:
+            self._tell_breaker(error)
+            self._pace(error, quota)
+            if error is not None and not self._last_ambiguous:
+                self.ctx.store.not_sent(self.scope, self.owner)
+        except redis.RedisError as exc:
+            self._log("bookkeeping_failed", error=type(exc).__name__, level=logging.WARNING)
         if error is None:
             return
-        if not self._last_ambiguous:
-            self.ctx.store.not_sent(self.scope, self.owner)
         self._log(
             "attempt_failed",
             attempt=number,
@@ -219,7 +298,8 @@ class Delivery:
             outcome = Outcome.FAILURE
         else:
             outcome = Outcome.OK  # accepted, or an answer about this message only
-        transition = self.ctx.breaker.record(outcome)
+        probe, self._probe = self._probe, False  # one request answers for the probe
+        transition = self.ctx.breaker.record(outcome, self.owner, probe=probe)
         if not transition:
             return
         settings = self.ctx.settings
@@ -251,17 +331,20 @@ class Delivery:
             self._log("rate_limited", retry_after_s=wait, level=logging.WARNING)
         elif quota is not None and quota.limit and quota.remaining is not None:
             low = quota.remaining <= quota.limit * settings.clix_rate_limit_low_watermark
-            now = self.wall_clock()
-            reset_in = (quota.reset_at_s or now + 1.0) - now
+            reset_in = quota.reset_in_s(self.wall_clock())
+            if reset_in is None:
+                reset_in = 1.0
             if low and reset_in > 0:
                 limiter.hold(min(reset_in, settings.clix_retry_after_max_s))
 
     def _route(self, exc: Exception) -> dict[str, Any]:
-        breaker_open = False
+        systemic = False
         if isinstance(exc, TransientError):
-            with contextlib.suppress(Exception):  # Redis down: treat as closed
-                breaker_open = not self.ctx.breaker.state().consuming
-        decision = route_for(exc, breaker_open=breaker_open)
+            try:
+                systemic = self.ctx.breaker.systemic()
+            except redis.RedisError:
+                systemic = True  # the store is away too: the fleet is in trouble, not the trigger
+        decision = route_for(exc, systemic=systemic)
         if decision.route is Route.DUPLICATE:
             self._log("deduplicated", claim="lost")
             return {"trigger_id": None, "deduplicated": True}
@@ -272,13 +355,23 @@ class Delivery:
                 exc = dlq_exc
             else:
                 raise DeadLettered(entry_id, decision.reason) from None
-        # Our infrastructure failed, not the trigger: give the claim back if we
-        # can and let the broker deliver the message again.
-        self._log("requeued", error=f"{type(exc).__name__}: {exc}", level=logging.ERROR)
-        if self.scope is not None:
+        # Our infrastructure failed, or the system is in trouble, not the trigger:
+        # let the broker deliver the message again.
+        self._log(
+            "requeued",
+            error=f"{type(exc).__name__}: {exc}",
+            trigger_id=self.accepted,
+            level=logging.ERROR,
+        )
+        if self.scope is not None and self.accepted is None:
+            # Give the claim back. Never once Clix accepted: the lease expires
+            # with `sending` set, and the next delivery's resend is counted.
             try:
                 self.ctx.store.release(
-                    self.scope, self.owner, uncount=not decision.counts_as_delivery
+                    self.scope,
+                    self.owner,
+                    uncount=not decision.counts_as_delivery,
+                    unsent=self._unsent_attempt,
                 )
             except Exception:
                 logger.debug("could not release the claim", exc_info=True)

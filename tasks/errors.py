@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -240,11 +241,12 @@ class Decision:
     counts_as_delivery: bool = True  # REQUEUE: does it spend the redelivery limit?
 
 
-def route_for(exc: BaseException, *, breaker_open: bool = False) -> Decision:
+def route_for(exc: BaseException, *, systemic: bool = False) -> Decision:
     """The one mapping from an error to what happens to its message.
 
-    ``breaker_open``: the fleet-wide breaker is open now, so a transient error
-    that spent its budget says more about Clix than about the trigger.
+    ``systemic``: the fleet is failing (the breaker is open, or most of the
+    fleet's recent requests failed), so a transient error that spent its budget
+    says more about Clix than about the trigger.
     """
     if isinstance(exc, InvalidTrigger):
         return Decision(Route.DEAD_LETTER, "invalid_payload")
@@ -256,7 +258,7 @@ def route_for(exc: BaseException, *, breaker_open: bool = False) -> Decision:
         # about the system, not the message: keep it queued, untouched
         return Decision(Route.REQUEUE, counts_as_delivery=False)
     if isinstance(exc, TransientError):
-        if breaker_open:  # an outage, not a poison trigger: wait for Clix in the queue
+        if systemic:  # an outage, not a poison trigger: wait for Clix in the queue
             return Decision(Route.REQUEUE, counts_as_delivery=False)
         # tenacity has already spent the retry budget when this reaches us
         return Decision(Route.DEAD_LETTER, "retries_exhausted")
@@ -286,18 +288,23 @@ def _retry_after_s(response: httpx.Response) -> float | None:
     except ValueError:
         pass  # an HTTP date; Clix sends seconds: fall back to X-RateLimit-Reset
     quota = Quota.from_headers(response.headers)
-    if quota is not None and quota.reset_at_s is not None:
-        return max(0.0, quota.reset_at_s - time.time())
-    return None
+    return None if quota is None else quota.reset_in_s(time.time())
 
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """Clix's ``X-RateLimit-*`` headers: the project's budget as Clix sees it."""
+    """Clix's ``X-RateLimit-*`` headers: the project's budget as Clix sees it.
+
+    ``X-RateLimit-Reset`` is a time on Clix's clock; ``server_now_s`` is that
+    clock's reading from the answer's ``Date`` header, so "how long until the
+    reset" is measured on one clock and a host whose clock is off cannot hold
+    the fleet back (or let it run early).
+    """
 
     limit: int | None
     remaining: int | None
-    reset_at_s: float | None  # unix seconds
+    reset_at_s: float | None  # unix seconds, Clix's clock
+    server_now_s: float | None = None  # Clix's clock when it answered (Date header)
 
     @classmethod
     def from_headers(cls, headers: httpx.Headers) -> Quota | None:
@@ -310,7 +317,24 @@ class Quota:
             None if limit is None else int(limit),
             None if remaining is None else int(remaining),
             reset,
+            _http_date(headers.get("date")),
         )
+
+    def reset_in_s(self, local_now_s: float) -> float | None:
+        """Seconds until the quota resets, measured on Clix's clock when it said the time."""
+        if self.reset_at_s is None:
+            return None
+        now = self.server_now_s if self.server_now_s is not None else local_now_s
+        return max(0.0, self.reset_at_s - now)
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _number(value: str | None) -> float | None:

@@ -17,7 +17,12 @@ What a delivery does with each answer of :meth:`IdempotencyStore.claim`:
 * ``OTHER``: a *different* message holds the scope; acknowledge as duplicate.
 
 Every write after the claim compares the owner atomically (Lua), so a delivery
-that lost its lease cannot commit or release someone else's claim. Before each
+that lost its lease cannot commit or release someone else's claim. A lease
+that lapsed while nobody else took the scope is taken again by its owner
+(renew, extend): only a real takeover ends a delivery. Every script is safe to
+repeat when a dropped connection loses its reply (the claim and each attempt
+number are registered once per owner, a commit that landed answers the same),
+which is what lets the Redis client reconnect and repeat them. Before each
 HTTP attempt the owner renews its lease and marks the scope ``sending``; a
 claim that finds ``sending`` set took over from an owner that died mid-request,
 which is the one ambiguous duplicate the system allows: it is flagged so the
@@ -41,9 +46,12 @@ from config.keys import KeySpace, Scope, as_text
 
 __all__ = ["Claim", "ClaimState", "IdempotencyStore", "Status", "new_owner"]
 
-# KEYS: lease, done, dead, meta.  ARGV: owner, lease_ms, ttl_s, now_s, task_id, limit
+# KEYS: lease, done, dead, meta, pending, pending index.
+# ARGV: owner, lease_ms, ttl_s, now_s, task_id, limit
 # A successful claim also registers the first attempt (sending=1, attempts+1),
-# saving a round trip, unless the delivery is over the redelivery limit.
+# saving a round trip, unless the delivery is over the redelivery limit. The
+# same owner claiming again (its reply was lost to a dropped connection and the
+# client repeated it) gets the same answer without counting anything twice.
 _CLAIM = """
 local done = redis.call('GET', KEYS[2])
 local dead = redis.call('GET', KEYS[3])
@@ -55,6 +63,12 @@ end
 if done then return {'done', done} end
 if dead then return {'dead', dead} end
 local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  local m = redis.call('HMGET', KEYS[4], 'deliveries', 'took_over_by', 'attempts', 'first_seen')
+  local took_over = '0'
+  if m[2] == ARGV[1] then took_over = '1' end
+  return {'claimed', m[1] or '1', took_over, m[3] or '0', m[4] or ARGV[4]}
+end
 if holder then
   local holder_task = string.match(holder, '^(.*)|[^|]*$') or holder
   if holder_task == ARGV[5] then
@@ -65,10 +79,11 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 local deliveries = redis.call('HINCRBY', KEYS[4], 'deliveries', 1)
 local was_sending = redis.call('HGET', KEYS[4], 'sending') or '0'
+if was_sending == '1' then redis.call('HSET', KEYS[4], 'took_over_by', ARGV[1]) end
 redis.call('HSETNX', KEYS[4], 'first_seen', ARGV[4])
 local attempts
 if deliveries <= tonumber(ARGV[6]) then
-  redis.call('HSET', KEYS[4], 'sending', '1')
+  redis.call('HSET', KEYS[4], 'sending', '1', 'attempt_owner', ARGV[1] .. '#1')
   attempts = redis.call('HINCRBY', KEYS[4], 'attempts', 1)
 else
   redis.call('HSET', KEYS[4], 'sending', '0')
@@ -79,13 +94,19 @@ return {'claimed', tostring(deliveries), was_sending, tostring(attempts),
         redis.call('HGET', KEYS[4], 'first_seen')}
 """
 
-# Before an HTTP attempt. ARGV: owner, lease_ms, ttl_s
+# Before HTTP attempt number ARGV[4]. ARGV: owner, lease_ms, ttl_s, number.
+# Re-takes a lease nobody holds (it lapsed during a long wait); registers each
+# attempt number once, however often a lost reply makes the client repeat it.
 _RENEW = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return -1 end
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[4], 'sending', '1')
+local mark = ARGV[1] .. '#' .. ARGV[4]
+if redis.call('HGET', KEYS[4], 'attempt_owner') == mark then
+  return tonumber(redis.call('HGET', KEYS[4], 'attempts') or '0')
+end
+redis.call('HSET', KEYS[4], 'sending', '1', 'attempt_owner', mark)
 local attempts = redis.call('HINCRBY', KEYS[4], 'attempts', 1)
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 return attempts
@@ -100,7 +121,14 @@ return 1
 """
 
 # ARGV: owner, done_json, ttl_s.  Done and no longer pending, in one step.
+# 1: committed (also when this very commit already landed); 0: another
+# delivery holds the scope or committed first.
 _COMMIT = """
+local done = redis.call('GET', KEYS[2])
+if done then
+  if done == ARGV[2] then return 1 end
+  return 0
+end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
@@ -111,20 +139,26 @@ redis.call('EXPIRE', KEYS[4], ARGV[3])
 return 1
 """
 
-# ARGV: owner, lease_ms.  Extend a lease we hold (a long wait, not an attempt).
+# ARGV: owner, lease_ms.  Extend the lease during a long wait (not an attempt);
+# re-take it when it lapsed and nobody else holds the scope: 1, else 0.
 _EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if holder or redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
-# ARGV: owner, uncount (1: this delivery does not count towards the redelivery limit)
+# ARGV: owner, uncount (1: this delivery does not count towards the redelivery
+# limit), unsent (1: the attempt the claim registered was never sent)
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[4], 'sending', '0')
   if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[4], 'deliveries', -1) end
+  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[4], 'attempts', -1) end
   return 1
 end
 return 0
@@ -228,38 +262,54 @@ class IdempotencyStore:
             first_seen=float(reply[4]),
         )
 
-    def renew(self, scope: Scope, owner: str) -> int | None:
-        """Before an attempt: extend the lease, mark ``sending``; return the attempt count.
+    def renew(self, scope: Scope, owner: str, number: int) -> int | None:
+        """Before attempt ``number``: extend the lease, mark ``sending``; return the attempt count.
 
         ``None`` means the scope is no longer ours (done, dead, or another owner).
+        A lapsed lease that nobody took over is taken again.
         """
         attempts = int(
-            self._renew(keys=self.keys.scope_keys(scope), args=[owner, self.lease_ms, self.ttl_s])
+            self._renew(
+                keys=self.keys.scope_keys(scope), args=[owner, self.lease_ms, self.ttl_s, number]
+            )
         )
         return None if attempts < 0 else attempts
 
     def extend(self, scope: Scope, owner: str) -> bool:
-        """Extend ``owner``'s lease without registering an attempt; False if not ours."""
-        return bool(self._extend(keys=[self.keys.lease(scope)], args=[owner, self.lease_ms]))
+        """Extend ``owner``'s lease without registering an attempt; False if not ours.
+
+        A lease that lapsed while nobody else took the scope is taken again: a
+        slow delivery must not mistake its own expired lease for a takeover.
+        """
+        return bool(self._extend(keys=self.keys.scope_keys(scope), args=[owner, self.lease_ms]))
 
     def not_sent(self, scope: Scope, owner: str) -> None:
         """After an attempt Clix certainly did not accept: clear ``sending``."""
         self._not_sent(keys=self.keys.scope_keys(scope), args=[owner])
 
-    def commit(self, scope: Scope, owner: str, trigger_id: str) -> bool:
-        """Record the scope as done; ``False`` if another owner holds it now."""
-        done = json.dumps({"trigger_id": trigger_id, "done_at": round(self._clock(), 3)})
+    def commit(
+        self, scope: Scope, owner: str, trigger_id: str, *, done_at: float | None = None
+    ) -> bool:
+        """Record the scope as done; ``False`` if another owner holds or finished it.
+
+        Safe to repeat: pass the same ``done_at`` and a commit that already
+        landed answers ``True`` again.
+        """
+        at = self._clock() if done_at is None else done_at
+        done = json.dumps({"trigger_id": trigger_id, "done_at": round(at, 3)})
         return bool(self._commit(keys=self.keys.scope_keys(scope), args=[owner, done, self.ttl_s]))
 
-    def release(self, scope: Scope, owner: str, *, uncount: bool = False) -> bool:
+    def release(
+        self, scope: Scope, owner: str, *, uncount: bool = False, unsent: bool = False
+    ) -> bool:
         """Give the claim up (retryable failure); only the owner can.
 
         ``uncount``: the delivery ended for a reason outside the message (open
         breaker, 401, 429s), so it does not count towards the redelivery limit.
+        ``unsent``: the attempt registered last was never sent (the gate refused it).
         """
-        return bool(
-            self._release(keys=self.keys.scope_keys(scope), args=[owner, "1" if uncount else "0"])
-        )
+        flags = ["1" if uncount else "0", "1" if unsent else "0"]
+        return bool(self._release(keys=self.keys.scope_keys(scope), args=[owner, *flags]))
 
     def meta(self, scope: Scope) -> dict[str, str]:
         """The scope's counters (deliveries, attempts, first_seen)."""

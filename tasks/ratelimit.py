@@ -100,29 +100,34 @@ class RateLimiter:
         self._reserve = redis_client.register_script(_RESERVE)
         self._hold = redis_client.register_script(_HOLD)
 
-    def acquire(self, on_wait: Callable[[], None] | None = None) -> float:
+    def acquire(
+        self, on_wait: Callable[[], None] | None = None, *, within_s: float | None = None
+    ) -> float:
         """Wait for this process's next slot; return the seconds waited.
 
         ``on_wait`` runs after each bounded wait for a slot that was too far
-        ahead (the delivery renews its lease there). Raises
-        :class:`~tasks.errors.RateLimitWaitTooLong` after ``give_up_s``.
+        ahead (the delivery renews its lease there). ``within_s`` bounds the
+        whole wait (the delivery's deadline). Raises
+        :class:`~tasks.errors.RateLimitWaitTooLong` when no slot comes within
+        ``give_up_s`` or ``within_s``.
         """
+        give_up_s = self.give_up_s if within_s is None else min(self.give_up_s, within_s)
         waited = 0.0
-        max_wait_us = int(self.max_wait_s * 1_000_000)
         while True:
+            # never reserve a slot further away than the time left to wait
+            max_wait_s = max(0.0, min(self.max_wait_s, give_up_s - waited))
             reserved, wait_us = self._reserve(
                 keys=[self.key],
-                args=[self.interval_us, self.tolerance_us, max_wait_us, self._now_us()],
+                args=[self.interval_us, self.tolerance_us, int(max_wait_s * 1e6), self._now_us()],
             )
             wait_s = int(wait_us) / 1_000_000
             if reserved:
                 if wait_s > 0:
                     self._sleep(wait_s)
                 return waited + wait_s
-            if waited + self.max_wait_s > self.give_up_s:
+            if waited + self.max_wait_s > give_up_s:
                 raise RateLimitWaitTooLong(
-                    f"no request slot within {self.give_up_s:g} s "
-                    f"(fleet limit {self.rate_per_s:g}/s)"
+                    f"no request slot within {give_up_s:g} s (fleet limit {self.rate_per_s:g}/s)"
                 )
             # too far ahead to reserve: wait the bound, then ask again
             self._sleep(self.max_wait_s)

@@ -48,6 +48,7 @@ class RetryPolicy:
     deadline_s: float = 30.0
     retry_after_max_s: float = 20.0
     rate_limited_max_wait_s: float = 60.0
+    request_timeout_s: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -59,6 +60,7 @@ class RetryPolicy:
             deadline_s=settings.clix_retry_deadline_s,
             retry_after_max_s=settings.clix_retry_after_max_s,
             rate_limited_max_wait_s=settings.clix_rate_limited_max_wait_s,
+            request_timeout_s=settings.clix_request_timeout_s,
         )
 
     def retrying(
@@ -67,12 +69,17 @@ class RetryPolicy:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         before_sleep: Callable[[RetryCallState], None] | None = None,
+        remaining_s: Callable[[], float] | None = None,
     ) -> Retrying:
-        """A tenacity controller for one delivery (build one per call: it keeps state)."""
+        """A tenacity controller for one delivery (build one per call: it keeps state).
+
+        ``remaining_s`` tells how much of the delivery's deadline is left: no
+        wait starts that, with one more request after it, would overrun it.
+        """
         wait = backoff_wait(self, rng or random.Random())
         return Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_when_budget_spent(self),
+            stop=stop_when_budget_spent(self, remaining_s),
             wait=wait,
             sleep=sleep,
             reraise=True,  # the last real error, not tenacity's RetryError
@@ -102,15 +109,19 @@ class backoff_wait(wait_base):
 
 
 class stop_when_budget_spent(stop_base):
-    """Stop when the next wait would overspend one of the two budgets.
+    """Stop when the next wait would overspend one of the budgets.
 
     Failures other than 429 count against ``max_attempts``, and their time
     (everything but 429 waits) against ``deadline_s``; 429 waits count only
-    against ``rate_limited_max_wait_s``. Stateful: one instance per delivery.
+    against ``rate_limited_max_wait_s``. Above both stands the delivery's own
+    deadline (``remaining_s``): the wait plus one more request must fit in it,
+    or the broker would hand the message out again while it still runs.
+    Stateful: one instance per delivery.
     """
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, remaining_s: Callable[[], float] | None = None) -> None:
         self.policy = policy
+        self.remaining_s = remaining_s
         self.failures = 0
         self.rate_limited_s = 0.0
 
@@ -119,6 +130,11 @@ class stop_when_budget_spent(stop_base):
         exc = outcome.exception() if outcome is not None else None
         # tenacity draws the wait before asking us: judge the very wait it will sleep
         next_wait = retry_state.upcoming_sleep
+        if (
+            self.remaining_s is not None
+            and next_wait + self.policy.request_timeout_s > self.remaining_s()
+        ):
+            return True
         if isinstance(exc, RateLimited):
             if self.rate_limited_s + next_wait > self.policy.rate_limited_max_wait_s:
                 return True

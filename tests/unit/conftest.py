@@ -37,14 +37,25 @@ Step = int | httpx.Response | BaseException | Callable[[httpx.Request], httpx.Re
 
 
 class SleepRecorder:
-    """A ``sleep`` that records what it was asked to wait and returns at once."""
+    """A ``sleep`` that records what it was asked to wait and returns at once.
 
-    def __init__(self, on_sleep: Callable[[int, float], None] | None = None) -> None:
+    With a ``clock`` (a :class:`StandingClock`), each sleep moves it on by the
+    time slept, so deadlines measured on it pass as if the waits were real.
+    """
+
+    def __init__(
+        self,
+        on_sleep: Callable[[int, float], None] | None = None,
+        clock: StandingClock | None = None,
+    ) -> None:
         self.calls: list[float] = []
         self._on_sleep = on_sleep
+        self._clock = clock
 
     def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
+        if self._clock is not None:
+            self._clock.advance(seconds)
         if len(self.calls) > 1000:
             raise AssertionError("sleep called more than 1000 times: a loop does not end")
         if self._on_sleep is not None:
@@ -162,7 +173,7 @@ def dlq(fake_redis: fakeredis.FakeRedis, keys: KeySpace) -> DeadLetterQueue:
 
 @pytest.fixture
 def mock_clix(settings: Settings) -> Iterator[Callable[..., ClixHarness]]:
-    """Factory: ``mock_clix(503, 503, 200, then=None, policy=None, on_sleep=None)``.
+    """Factory: ``mock_clix(503, 503, 200, then=None, policy=None, on_sleep=None, clock=None)``.
 
     Each request takes the next step; after the last one ``then`` (if given)
     answers every further request, otherwise a further request fails the test.
@@ -175,6 +186,7 @@ def mock_clix(settings: Settings) -> Iterator[Callable[..., ClixHarness]]:
         policy: RetryPolicy | None = None,
         on_sleep: Callable[[int, float], None] | None = None,
         api_key: str = API_KEY,
+        clock: StandingClock | None = None,
     ) -> ClixHarness:
         script = list(steps)
         requests: list[httpx.Request] = []
@@ -190,7 +202,7 @@ def mock_clix(settings: Settings) -> Iterator[Callable[..., ClixHarness]]:
                 raise AssertionError(f"unexpected request #{len(requests)} to {request.url}")
             return _respond(step, request, len(requests))
 
-        sleeps = SleepRecorder(on_sleep)
+        sleeps = SleepRecorder(on_sleep, clock=clock)
         client = ClixClient(
             base_url=settings.clix_base_url,
             project_id=PROJECT_ID,
@@ -212,17 +224,24 @@ def mock_clix(settings: Settings) -> Iterator[Callable[..., ClixHarness]]:
 class Pipeline:
     """A worker context on fakeredis and a scripted Clix, and a way to run deliveries.
 
-    ``sleeps`` records the delivery's own waits (copy waits, requeue pause),
+    ``sleeps`` records the delivery's own waits (copy waits, commit retries,
+    requeue pause) and moves ``monotonic`` (the delivery's deadline clock) on,
     ``clix.sleeps`` the retry backoff and ``limiter_sleeps`` the rate limiter's
     waits for a request slot; none of them really sleeps.
     """
 
     ctx: WorkerContext
     clix: ClixHarness
-    sleeps: SleepRecorder = field(default_factory=SleepRecorder)
     limiter_sleeps: SleepRecorder = field(default_factory=SleepRecorder)
     #: the limiter's clock: it stands still, so limiter waits are exact under any load
     clock: StandingClock = field(default_factory=StandingClock)
+    #: the delivery's monotonic clock (deadline, lease); the delivery's sleeps move it
+    monotonic: StandingClock = field(default_factory=lambda: StandingClock(0.0))
+    on_sleep: Callable[[int, float], None] | None = None
+    sleeps: SleepRecorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sleeps = SleepRecorder(self.on_sleep, clock=self.monotonic)
 
     def delivery(
         self,
@@ -233,7 +252,13 @@ class Pipeline:
         sleep: SleepRecorder | None = None,
     ) -> Delivery:
         return Delivery(
-            self.ctx, task_id, args, kwargs, sleep=sleep or self.sleeps, wall_clock=self.clock
+            self.ctx,
+            task_id,
+            args,
+            kwargs,
+            sleep=sleep or self.sleeps,
+            wall_clock=self.clock,
+            clock=self.monotonic,
         )
 
     def run(self, kwargs: dict[str, Any], **options: Any) -> dict[str, Any]:
@@ -246,7 +271,8 @@ def pipeline(
     fake_redis: fakeredis.FakeRedis,
     mock_clix: Callable[..., ClixHarness],
 ) -> Callable[..., Pipeline]:
-    """Factory: ``pipeline(*steps, then=None, on_sleep=None, on_limiter_sleep=None, **settings)``.
+    """Factory: ``pipeline(*steps, then=None, on_sleep=None, on_limiter_sleep=None,
+    on_delivery_sleep=None, monotonic=None, **settings)``.
 
     The context is wired by :meth:`WorkerContext.build` (limiter and breaker
     included); only the limiter's ``sleep`` is swapped for a recorder and its
@@ -259,15 +285,24 @@ def pipeline(
         then: Step | None = None,
         on_sleep: Callable[[int, float], None] | None = None,
         on_limiter_sleep: Callable[[int, float], None] | None = None,
+        on_delivery_sleep: Callable[[int, float], None] | None = None,
+        monotonic: StandingClock | None = None,
         **overrides: Any,
     ) -> Pipeline:
         settings = make_settings(**overrides)
+        # every wait of the delivery (its own, the backoff, the limiter's) moves
+        # its deadline clock on, as real waits would
+        monotonic = monotonic if monotonic is not None else StandingClock(0.0)
         harness = mock_clix(
-            *steps, then=then, policy=RetryPolicy.from_settings(settings), on_sleep=on_sleep
+            *steps,
+            then=then,
+            policy=RetryPolicy.from_settings(settings),
+            on_sleep=on_sleep,
+            clock=monotonic,
         )
         ctx = WorkerContext.build(settings, redis_conn=fake_redis, clix=harness.client)
         built = ctx.limiter
-        limiter_sleeps = SleepRecorder(on_limiter_sleep)
+        limiter_sleeps = SleepRecorder(on_limiter_sleep, clock=monotonic)
         clock = StandingClock()
         ctx.limiter = RateLimiter(
             fake_redis,
@@ -279,7 +314,14 @@ def pipeline(
             sleep=limiter_sleeps,
             clock=clock,
         )
-        return Pipeline(ctx, harness, limiter_sleeps=limiter_sleeps, clock=clock)
+        return Pipeline(
+            ctx,
+            harness,
+            limiter_sleeps=limiter_sleeps,
+            clock=clock,
+            monotonic=monotonic,
+            on_sleep=on_delivery_sleep,
+        )
 
     return build
 

@@ -25,6 +25,7 @@ import pytest
 from tasks.breaker import BreakerState, CircuitBreaker, Outcome
 
 KEY = "clix:breaker:proj-unit"
+WINDOW = KEY + ":window"
 TINY_PROBE_S = 0.05  # intervals meant to pass during a test...
 PAST_TINY_S = 0.25  # ...and how long the test sleeps to be sure they have
 PROBE_S = 30.0  # intervals meant never to pass during a test
@@ -57,7 +58,7 @@ def make_breaker(
 
     def build(**options: object) -> CircuitBreaker:
         values: dict[str, object] = {
-            "window": 20,
+            "window_s": 10,
             "min_samples": 10,
             "failure_ratio": 0.8,
             "probe_s": PROBE_S,
@@ -94,13 +95,17 @@ def test_a_new_breaker_is_closed_and_allows_every_delivery(
     assert fake_redis.exists(KEY) == 0
 
 
-def test_successes_while_closed_change_nothing(
-    make_breaker: Callable[..., CircuitBreaker], fake_redis: fakeredis.FakeRedis
+def test_successes_while_closed_cost_no_round_trip_until_the_next_check(
+    make_breaker: Callable[..., CircuitBreaker], fake_redis: fakeredis.FakeRedis, clock: FakeClock
 ) -> None:
     breaker = make_breaker()
     assert [breaker.record(Outcome.OK) for _ in range(30)] == [""] * 30
     assert breaker.state().state == "closed"
     assert fake_redis.exists(KEY) == 0
+    assert fake_redis.exists(WINDOW) == 0  # batched in memory
+    clock.advance(2.0)  # the cached "closed" expired: the next check adds them
+    assert breaker.allow("owner-a") == (True, "closed")
+    assert sum(int(v) for v in fake_redis.hvals(WINDOW)) == 30
 
 
 # --- opening --------------------------------------------------------------------------
@@ -148,22 +153,55 @@ def test_one_bad_triggers_failures_do_not_open_the_breaker(
 def test_successes_in_the_window_keep_the_breaker_closed_until_they_slide_out(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
-    breaker = make_breaker(window=20, min_samples=10, failure_ratio=0.8)
+    redis_clock = FakeClock()
+    breaker = make_breaker(window_s=10, min_samples=10, failure_ratio=0.8, redis_clock=redis_clock)
     for _ in range(5):
         breaker.record(Outcome.OK)
     assert fail(breaker, 15) == [""] * 15  # 15 of 20 fail: 75 % < 80 %
     assert breaker.state().state == "closed"
-    # one more failure pushes the oldest success out: 16 of 20 fail
-    assert breaker.record(Outcome.FAILURE) == "opened"
+    redis_clock.advance(10.0)  # the window moved on: those requests no longer count
+    assert fail(breaker, 10) == [""] * 9 + ["opened"]
 
 
-def test_the_failure_window_is_judged_per_worker_process(
+def test_the_failure_window_is_shared_by_the_fleet(
     make_breaker: Callable[..., CircuitBreaker],
 ) -> None:
+    # two worker processes each see 5 failures: together they are an outage
     one, two = make_breaker(min_samples=10), make_breaker(min_samples=10)
-    assert fail(one, 9) == [""] * 9
-    assert fail(two, 9) == [""] * 9
-    assert one.state().state == "closed"
+    assert fail(one, 5) == [""] * 5
+    assert fail(two, 5) == [""] * 4 + ["opened"]
+    assert one.allow("owner-a") == (False, "outage")
+
+
+def test_successes_elsewhere_in_the_fleet_keep_failures_from_opening_it(
+    make_breaker: Callable[..., CircuitBreaker], clock: FakeClock
+) -> None:
+    healthy, failing = make_breaker(), make_breaker(min_samples=10)
+    for _ in range(40):
+        healthy.record(Outcome.OK)
+    clock.advance(2.0)
+    healthy.allow("owner-a")  # its periodic check adds the successes to the window
+    assert fail(failing, 10) == [""] * 10
+    assert failing.state().state == "closed"
+
+
+def test_a_trigger_failing_alone_is_systemic_only_while_the_fleet_fails_too(
+    make_breaker: Callable[..., CircuitBreaker], clock: FakeClock
+) -> None:
+    one, other = make_breaker(min_samples=10), make_breaker()
+    fail(one, 3)  # nothing else in the window: the fleet's requests fail
+    assert one.systemic() is True
+    for _ in range(20):
+        other.record(Outcome.OK)
+    clock.advance(2.0)
+    other.allow("owner-b")
+    assert one.systemic() is False  # the others succeed: the trigger's own trouble
+
+
+def test_an_open_breaker_is_systemic(make_breaker: Callable[..., CircuitBreaker]) -> None:
+    breaker = make_breaker()
+    breaker.record(Outcome.AUTH)
+    assert breaker.systemic() is True
 
 
 def test_an_auth_failure_takes_over_an_outage(
@@ -205,7 +243,7 @@ def test_a_probe_that_succeeds_closes_the_breaker(
     open_for_outage(breaker)
     time.sleep(PAST_TINY_S)
     assert breaker.allow("owner-a") == (True, "probe")
-    assert breaker.record(Outcome.OK) == "closed"
+    assert breaker.record(Outcome.OK, "owner-a", probe=True) == "closed"
     assert breaker.state() == BreakerState("closed")
     assert fake_redis.exists(KEY) == 0
     assert make_breaker().allow("owner-b") == (True, "closed")
@@ -223,7 +261,7 @@ def test_a_probe_that_fails_reopens_the_breaker_for_another_interval(
     opened_at = opener.state().opened_at_ms
     time.sleep(PAST_TINY_S)
     assert prober.allow("owner-a") == (True, "probe")
-    assert prober.record(Outcome.FAILURE) == "reopened"
+    assert prober.record(Outcome.FAILURE, "owner-a", probe=True) == "reopened"
     state = prober.state()
     assert (state.state, state.reason) == ("open", "outage")
     assert state.probe_in_s is not None
@@ -240,7 +278,7 @@ def test_after_a_failed_probe_the_next_interval_brings_the_next_probe_for_any_ow
     open_for_outage(breaker)
     time.sleep(PAST_TINY_S)
     assert breaker.allow("owner-a") == (True, "probe")
-    assert breaker.record(Outcome.FAILURE) == "reopened"
+    assert breaker.record(Outcome.FAILURE, "owner-a", probe=True) == "reopened"
     time.sleep(PAST_TINY_S)
     assert breaker.allow("owner-b") == (True, "probe")
 
@@ -253,7 +291,7 @@ def test_an_auth_probe_that_is_refused_again_reopens_with_reason_auth(
     assert opener.record(Outcome.AUTH) == "opened"
     time.sleep(PAST_TINY_S)
     assert prober.allow("owner-a") == (True, "probe")
-    assert prober.record(Outcome.AUTH) == "reopened"
+    assert prober.record(Outcome.AUTH, "owner-a", probe=True) == "reopened"
     assert (prober.state().state, prober.state().reason) == ("open", "auth")
     assert prober.allow("owner-a") == (False, "auth")
 
@@ -272,6 +310,41 @@ def test_a_probe_that_never_reports_is_replaced_after_its_timeout(
     assert patient.allow("owner-b") == (True, "probe")
     assert patient.allow("owner-a") == (False, "wait")
     assert hasty.allow("owner-a") == (False, "wait")
+
+
+def test_a_straggler_that_succeeds_does_not_close_an_open_breaker(
+    make_breaker: Callable[..., CircuitBreaker],
+) -> None:
+    breaker = make_breaker()
+    assert breaker.record(Outcome.AUTH) == "opened"
+    # a request that passed the gate before the breaker opened, answered later
+    assert breaker.record(Outcome.OK, "owner-straggler", probe=True) == ""
+    assert (breaker.state().state, breaker.state().reason) == ("open", "auth")
+
+
+def test_a_success_closes_only_for_the_owner_of_the_probe_token(
+    make_breaker: Callable[..., CircuitBreaker],
+) -> None:
+    breaker = make_breaker(min_samples=2, probe_s=TINY_PROBE_S)
+    open_for_outage(breaker)
+    time.sleep(PAST_TINY_S)
+    assert breaker.allow("owner-a") == (True, "probe")
+    assert breaker.record(Outcome.OK, "owner-b", probe=True) == ""
+    assert breaker.state().state == "half_open"
+    assert breaker.record(Outcome.OK, "owner-a", probe=True) == "closed"
+
+
+def test_a_straggler_that_fails_does_not_postpone_the_probe(
+    make_breaker: Callable[..., CircuitBreaker],
+) -> None:
+    breaker = make_breaker(min_samples=2)
+    open_for_outage(breaker)
+    before = breaker.state().probe_in_s
+    assert before is not None
+    assert breaker.record(Outcome.FAILURE, "owner-straggler") == ""
+    after = breaker.state().probe_in_s
+    assert after is not None
+    assert after <= before
 
 
 # --- state ----------------------------------------------------------------------------
@@ -302,7 +375,7 @@ def test_state_reports_half_open_once_due_then_closed(
     assert (breaker.state().state, breaker.state().probe_in_s) == ("half_open", 0.0)
     assert breaker.state().reason == "outage"
     breaker.allow("owner-a")
-    breaker.record(Outcome.OK)
+    breaker.record(Outcome.OK, "owner-a", probe=True)
     assert breaker.state() == BreakerState("closed")
 
 

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from email.utils import formatdate
 from typing import Any
 
 import fakeredis
@@ -72,6 +73,14 @@ def requeue(p: Any, kwargs: dict[str, Any] = KWARGS, **options: Any) -> str:
 def another_worker(p: Any, fake_redis: fakeredis.FakeRedis) -> CircuitBreaker:
     """A breaker of another worker process: same Redis state, its own window and cache."""
     return CircuitBreaker(fake_redis, p.ctx.breaker.state_key)
+
+
+def healthy_fleet(p: Any, fake_redis: fakeredis.FakeRedis, successes: int = 50) -> None:
+    """Other workers' requests succeed: their outcomes are in the fleet's window."""
+    other = another_worker(p, fake_redis)
+    for _ in range(successes):
+        other.record(Outcome.OK)
+    assert other.allow("owner-elsewhere") == (True, "closed")  # the check adds them
 
 
 def fleet_wait_s(p: Any, fake_redis: fakeredis.FakeRedis) -> float:
@@ -221,7 +230,14 @@ def test_401_requeues_uncounted_and_opens_the_breaker(
     )
 
 
-def test_while_the_breaker_is_open_a_delivery_sends_nothing_and_claims_nothing(
+def assert_nothing_counted(p: Pipe) -> None:
+    """The claim was given back with nothing sent: no delivery, no attempt, no lease."""
+    meta = p.ctx.store.meta(scope_of(p))
+    assert (meta.get("deliveries"), meta.get("attempts"), meta.get("sending")) == ("0", "0", "0")
+    assert p.ctx.store.status(scope_of(p)).state == "unknown"
+
+
+def test_while_the_breaker_is_open_a_delivery_sends_nothing_and_counts_nothing(
     pipeline: Pipe, fake_redis: fakeredis.FakeRedis
 ) -> None:
     p = pipeline()
@@ -229,8 +245,7 @@ def test_while_the_breaker_is_open_a_delivery_sends_nothing_and_claims_nothing(
     assert "BreakerOpen" in requeue(p, task_id="task-1")
     assert p.clix.requests == []
     assert p.ctx.dlq.depth() == 0
-    assert p.ctx.store.meta(scope_of(p)) == {}  # not even a delivery recorded
-    assert p.ctx.store.status(scope_of(p)).state == "unknown"
+    assert_nothing_counted(p)
 
 
 def test_a_probe_that_is_accepted_closes_the_breaker_and_sends(
@@ -267,6 +282,7 @@ def test_503_forever_is_dead_lettered_as_retries_exhausted(
     pipeline: Pipe, fake_redis: fakeredis.FakeRedis
 ) -> None:
     p = pipeline(then=503, clix_max_attempts=3)
+    healthy_fleet(p, fake_redis)  # the rest of the fleet succeeds: this trigger's trouble
     entry = dead_letter(p, task_id="task-1")
     assert entry["reason"] == "retries_exhausted"
     assert entry["attempts"] == 3
@@ -282,13 +298,39 @@ def test_503_forever_is_dead_lettered_as_retries_exhausted(
     assert p.ctx.store.claim(scope, new_owner("task-9")).state is ClaimState.DEAD
 
 
-def test_network_errors_forever_are_retries_exhausted_with_null_status(pipeline: Pipe) -> None:
+def test_network_errors_forever_are_retries_exhausted_with_null_status(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
     p = pipeline(then=httpx.ConnectError("connection refused"), clix_max_attempts=2)
+    healthy_fleet(p, fake_redis)
     entry = dead_letter(p)
     assert entry["reason"] == "retries_exhausted"
     assert entry["status_code"] is None
     assert entry["attempts"] == 2
     assert entry["error"].startswith("network error: ConnectError")
+
+
+def test_503_forever_while_the_whole_fleet_fails_goes_back_to_the_queue_uncounted(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    # nothing in the window but failures: an outage, not a poison trigger
+    p = pipeline(then=503, clix_max_attempts=3)
+    assert "ServerError" in requeue(p, task_id="task-1")
+    assert p.ctx.dlq.depth() == 0
+    meta = p.ctx.store.meta(scope_of(p))
+    assert (meta["deliveries"], meta["attempts"], meta["sending"]) == ("0", "3", "0")
+    assert p.ctx.store.status(scope_of(p)).state == "unknown"  # free for the next delivery
+
+
+def test_an_outage_seen_by_other_workers_requeues_the_first_failing_trigger_too(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    healthy_fleet(p := pipeline(then=503, clix_max_attempts=2), fake_redis, successes=2)
+    other = another_worker(p, fake_redis)
+    for _ in range(6):  # the rest of the fleet starts failing as well
+        other.record(Outcome.FAILURE)
+    assert "ServerError" in requeue(p)
+    assert p.ctx.dlq.depth() == 0
 
 
 def test_503_then_200_succeeds_within_one_delivery(pipeline: Pipe) -> None:
@@ -348,6 +390,60 @@ def nearly_spent(reset_at_s: float) -> httpx.Response:
     return httpx.Response(200, json={"trigger_id": "trg-q"}, headers=headers)
 
 
+def test_default_settings_end_a_delivery_of_429s_before_the_visibility_timeout(
+    pipeline: Pipe,
+) -> None:
+    monotonic = StandingClock(0.0)
+
+    def slow_429(request: httpx.Request) -> httpx.Response:
+        monotonic.advance(9.9)  # Clix answers at the edge of the request timeout
+        return httpx.Response(429, headers={"retry-after": "20"}, json={"error": "slow down"})
+
+    p = pipeline(
+        then=slow_429,
+        monotonic=monotonic,
+        clix_max_attempts=5,
+        clix_backoff_initial_s=0.5,
+        clix_backoff_max_s=8.0,
+        clix_retry_deadline_s=30.0,
+        clix_retry_after_max_s=20.0,
+        clix_request_timeout_s=10.0,
+    )
+    settings = p.ctx.settings
+    assert settings.clix_visibility_timeout_s == 60  # the default under test
+    # waiting out 429s (and the fleet's hold) ends in a requeue, uncounted
+    assert "RateLimit" in requeue(p)
+    # every wait and request ended before the delivery's deadline; the requeue
+    # pause comes on top and still ends before the broker would redeliver
+    ended = monotonic.now - REQUEUE_PAUSE_S
+    assert ended <= settings.delivery_deadline_s < settings.clix_visibility_timeout_s
+    assert monotonic.now < settings.clix_visibility_timeout_s
+
+
+def test_default_settings_end_a_delivery_of_slow_5xx_before_the_visibility_timeout(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    monotonic = StandingClock(0.0)
+
+    def slow_503(request: httpx.Request) -> httpx.Response:
+        monotonic.advance(9.9)
+        return httpx.Response(503, json={"error": "down"})
+
+    p = pipeline(
+        then=slow_503,
+        monotonic=monotonic,
+        clix_max_attempts=20,
+        clix_backoff_initial_s=0.5,
+        clix_backoff_max_s=8.0,
+        clix_retry_deadline_s=59.0,
+        clix_request_timeout_s=10.0,
+    )
+    healthy_fleet(p, fake_redis)
+    entry = dead_letter(p)
+    assert entry["reason"] == "retries_exhausted"
+    assert monotonic.now <= p.ctx.settings.delivery_deadline_s
+
+
 def test_low_remaining_quota_slows_the_fleet_down_until_the_reset(
     pipeline: Pipe, fake_redis: fakeredis.FakeRedis, frozen_wall_clock: StandingClock
 ) -> None:
@@ -363,6 +459,20 @@ def test_low_remaining_quota_hold_is_capped_by_retry_after_max(
     p = pipeline(nearly_spent(frozen_wall_clock.now + 600.0))
     assert p.run(KWARGS)["trigger_id"] == "trg-q"
     assert fleet_wait_s(p, fake_redis) == 2.0  # clix_retry_after_max_s of the test settings
+
+
+def test_quota_reset_is_measured_on_clixs_clock_when_ours_is_a_minute_behind(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    # Clix's clock (its Date header) says 1,800,000,060; ours says 1,800,000,000.
+    clix_now = 1_800_000_060.0
+    answer = nearly_spent(clix_now + 1.0)
+    answer.headers["Date"] = formatdate(clix_now, usegmt=True)
+    p = pipeline(answer, clix_retry_after_max_s=30)
+    p.clock.now = clix_now - 60.0
+    p.run(KWARGS)
+    # one second until the reset, not the 61 our clock would suggest (nor the cap)
+    assert fleet_wait_s(p, fake_redis) == 1.0
 
 
 def test_ample_remaining_quota_does_not_slow_the_fleet(
@@ -464,7 +574,24 @@ def test_a_lease_lost_while_waiting_for_a_slot_stops_sending(
     assert fake_redis.get(p.ctx.store.keys.lease(scope_of(p))) == holder.encode()
 
 
-def test_no_rate_limit_slot_in_sight_requeues_uncounted_without_claiming(pipeline: Pipe) -> None:
+def test_a_lease_that_lapsed_while_waiting_for_a_slot_is_taken_again_and_the_trigger_sent(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    def hold_the_fleet(call: int, seconds: float) -> None:
+        p.ctx.limiter.hold(12)
+
+    def lease_lapses(call: int, seconds: float) -> None:  # nobody else takes the scope
+        fake_redis.delete(p.ctx.store.keys.lease(scope_of(p)))
+        if call == 2:
+            fake_redis.delete(p.ctx.limiter.key)
+
+    p = pipeline(503, then=200, on_sleep=hold_the_fleet, on_limiter_sleep=lease_lapses)
+    # never acknowledged as a duplicate of itself: it goes on and sends
+    assert p.run(KWARGS, task_id="task-1") == {"trigger_id": "trg-2", "deduplicated": False}
+    assert p.ctx.store.status(scope_of(p)).trigger_id == "trg-2"
+
+
+def test_no_rate_limit_slot_in_sight_requeues_uncounted_and_unsent(pipeline: Pipe) -> None:
     p = pipeline()
     p.ctx.limiter.hold(3_600)  # e.g. Clix said to wait an hour
     assert "RateLimitWaitTooLong" in requeue(p, task_id="task-1")
@@ -473,7 +600,7 @@ def test_no_rate_limit_slot_in_sight_requeues_uncounted_without_claiming(pipelin
     assert p.limiter_sleeps.calls
     assert set(p.limiter_sleeps.calls) == {5.0}
     assert sum(p.limiter_sleeps.calls) <= p.ctx.limiter.give_up_s
-    assert p.ctx.store.meta(scope_of(p)) == {}
+    assert_nothing_counted(p)
     assert p.ctx.dlq.depth() == 0
 
 
@@ -485,7 +612,7 @@ def test_dlq_attempts_count_requests_of_every_delivery(pipeline: Pipe) -> None:
     # the renewal its retry), then gave the claim back
     p.ctx.store.claim(scope, earlier)
     p.ctx.store.not_sent(scope, earlier)
-    p.ctx.store.renew(scope, earlier)
+    p.ctx.store.renew(scope, earlier, 2)
     p.ctx.store.not_sent(scope, earlier)
     p.ctx.store.release(scope, earlier)
     entry = dead_letter(p, task_id="task-1")
@@ -559,6 +686,53 @@ def test_copy_takes_over_when_the_first_deliverys_lease_expires(
     assert p.ctx.store.meta(scope)["attempts"] == "2"
 
 
+def test_copy_that_waited_for_its_own_delivery_passes_the_breaker_before_sending(
+    pipeline: Pipe, sleep_recorder: Callable[..., Any], fake_redis: fakeredis.FakeRedis
+) -> None:
+    p = pipeline(200)
+    scope = scope_of(p)
+    first = new_owner("task-1")
+    p.ctx.store.claim(scope, first)
+
+    def first_dies_while_the_breaker_opens(call: int, seconds: float) -> None:
+        another_worker(p, fake_redis).record(Outcome.AUTH)
+        fake_redis.delete(p.ctx.store.keys.lease(scope))
+
+    sleeps = sleep_recorder(first_dies_while_the_breaker_opens)
+    with pytest.raises(RequeueMessage, match="BreakerOpen"):
+        p.run(KWARGS, task_id="task-1", sleep=sleeps)
+    assert p.clix.requests == []
+
+
+def test_copy_that_waited_for_its_own_delivery_takes_a_rate_limit_slot(
+    pipeline: Pipe, sleep_recorder: Callable[..., Any], fake_redis: fakeredis.FakeRedis
+) -> None:
+    p = pipeline(200)
+    scope = scope_of(p)
+    p.ctx.store.claim(scope, new_owner("task-1"))
+
+    def first_dies_while_clix_says_wait(call: int, seconds: float) -> None:
+        p.ctx.limiter.hold(3)
+        fake_redis.delete(p.ctx.store.keys.lease(scope))
+
+    p.run(KWARGS, task_id="task-1", sleep=sleep_recorder(first_dies_while_clix_says_wait))
+    assert len(p.clix.requests) == 1
+    assert p.limiter_sleeps.calls
+    assert p.limiter_sleeps.calls[0] >= 2.9
+
+
+def test_a_duplicate_never_takes_the_breakers_probe_token(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    p = pipeline(200, clix_auth_probe_s=0.05)
+    assert p.run(KWARGS, task_id="task-1")["deduplicated"] is False
+    p.ctx.breaker.record(Outcome.AUTH)
+    time.sleep(0.5)  # past the probe time (Redis TIME: a real wait)
+    assert p.run(KWARGS, task_id="task-2")["deduplicated"] is True
+    # the token is still there for a delivery that will send
+    assert another_worker(p, fake_redis).allow("owner-sender") == (True, "probe")
+
+
 def test_take_over_from_a_delivery_that_died_right_after_claiming_is_counted(
     pipeline: Pipe, fake_redis: fakeredis.FakeRedis
 ) -> None:
@@ -579,7 +753,7 @@ def test_take_over_from_a_delivery_that_died_mid_request_is_counted(
     scope = scope_of(p)
     dead = new_owner("task-1")
     p.ctx.store.claim(scope, dead)
-    p.ctx.store.renew(scope, dead)  # it was sending when it was killed
+    p.ctx.store.renew(scope, dead, 2)  # it was sending when it was killed
     fake_redis.delete(p.ctx.store.keys.lease(scope))  # its lease ran out
     assert p.run(KWARGS, task_id="task-1")["deduplicated"] is False
     assert ambiguous_count(fake_redis, p) == 1
@@ -622,23 +796,65 @@ def test_a_bug_in_the_send_path_requeues_instead_of_dead_lettering(pipeline: Pip
     assert p.ctx.store.status(scope_of(p)).state == "unknown"
 
 
-def test_redis_down_after_clix_accepted_requeues_and_the_resend_is_counted(
+def test_a_store_blip_after_clix_accepted_is_waited_out_and_committed_once(
+    pipeline: Pipe, fake_server: fakeredis.FakeServer
+) -> None:
+    def accept_while_redis_drops(request: httpx.Request) -> httpx.Response:
+        fake_server.connected = False
+        return httpx.Response(200, json={"trigger_id": "trg-kept"})
+
+    def back_after_3_s(_: int, __: float) -> None:
+        if p.monotonic.now >= 3.0:
+            fake_server.connected = True
+
+    p = pipeline(accept_while_redis_drops, on_delivery_sleep=back_after_3_s)
+    assert p.run(KWARGS) == {"trigger_id": "trg-kept", "deduplicated": False}
+    assert len(p.clix.requests) == 1
+    assert p.ctx.store.status(scope_of(p)).trigger_id == "trg-kept"
+    assert 3.0 <= sum(p.sleeps.calls) < 5.0  # short pauses, up to a second apart
+    assert max(p.sleeps.calls) <= 1.0
+
+
+def test_store_away_past_the_lease_after_clix_accepted_keeps_the_send_on_record(
     pipeline: Pipe, fake_server: fakeredis.FakeServer, fake_redis: fakeredis.FakeRedis
 ) -> None:
     def accept_while_redis_dies(request: httpx.Request) -> httpx.Response:
         fake_server.connected = False
         return httpx.Response(200, json={"trigger_id": "trg-lost"})
 
-    p = pipeline(accept_while_redis_dies, 200)
+    p = pipeline(accept_while_redis_dies, 200, clix_lease_s=20)
     with pytest.raises(RequeueMessage):
         p.run(KWARGS, task_id="task-1")
+    # it kept trying to commit for as long as its lease lasted, no longer
+    assert 15 <= p.monotonic.now <= 20 + 1 + 1  # (+ one pause, + the requeue pause)
     fake_server.connected = True
     scope = scope_of(p)
-    # nothing recorded as done; the claim could not be given back and will expire
-    assert p.ctx.store.status(scope).state == "in_flight"
-    fake_redis.delete(p.ctx.store.keys.lease(scope))
+    # the claim was not given back: `sending` stays set for the next delivery to see
+    assert p.ctx.store.meta(scope)["sending"] == "1"
+    fake_redis.delete(p.ctx.store.keys.lease(scope))  # the lease expires
     assert p.run(KWARGS, task_id="task-1") == {"trigger_id": "trg-2", "deduplicated": False}
-    assert ambiguous_count(fake_redis, p) == 1
+    assert ambiguous_count(fake_redis, p) == 1  # the resend is the counted duplicate
+
+
+def test_a_store_error_telling_the_fleet_about_an_accepted_trigger_does_not_resend_it(
+    pipeline: Pipe, fake_server: fakeredis.FakeServer
+) -> None:
+    # Clix says the quota is nearly spent, so the delivery asks the limiter to
+    # hold the fleet back: that write fails with the store away. The trigger is
+    # still committed once the store is back, and sent once.
+    quota = {"x-ratelimit-limit": "1000", "x-ratelimit-remaining": "0"}
+
+    def accept_while_redis_drops(request: httpx.Request) -> httpx.Response:
+        fake_server.connected = False
+        return httpx.Response(200, json={"trigger_id": "trg-1"}, headers=quota)
+
+    def back(_: int, __: float) -> None:
+        fake_server.connected = True
+
+    p = pipeline(accept_while_redis_drops, on_delivery_sleep=back)
+    assert p.run(KWARGS) == {"trigger_id": "trg-1", "deduplicated": False}
+    assert len(p.clix.requests) == 1
+    assert p.ctx.store.status(scope_of(p)).trigger_id == "trg-1"
 
 
 def test_redis_down_before_the_claim_requeues_without_sending(

@@ -188,7 +188,7 @@ def test_add_with_scope_marks_it_dead_and_drops_the_owners_lease(
 ) -> None:
     owner = new_owner("task-1")
     store.claim(scope, owner)
-    store.renew(scope, owner)
+    store.renew(scope, owner, 2)
     entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
     assert fake_redis.exists(keys.lease(scope)) == 0
     assert fake_redis.get(keys.dead(scope)) == entry_id.encode()

@@ -186,7 +186,7 @@ def test_take_over_after_an_owner_died_during_a_retry_is_flagged(
     first = new_owner("task-1")
     short_store.claim(scope, first)
     short_store.not_sent(scope, first)  # the first request got a 503
-    assert short_store.renew(scope, first) == 2  # sending the retry; then it dies
+    assert short_store.renew(scope, first, 2) == 2  # sending the retry; then it dies
     let_lease_expire()
     claim = short_store.claim(scope, new_owner("task-1"))
     assert claim.took_over_mid_request is True
@@ -208,7 +208,7 @@ def test_take_over_after_a_request_that_was_certainly_not_sent_is_not_flagged(
 def test_took_over_flag_is_reported_once(short_store: IdempotencyStore, scope: Scope) -> None:
     first = new_owner("task-1")
     short_store.claim(scope, first)
-    short_store.renew(scope, first)
+    short_store.renew(scope, first, 2)
     let_lease_expire()
     second = new_owner("task-1")
     assert short_store.claim(scope, second).took_over_mid_request is True
@@ -221,7 +221,7 @@ def test_not_sent_by_a_non_owner_changes_nothing(
 ) -> None:
     owner = new_owner("task-1")
     short_store.claim(scope, owner)
-    short_store.renew(scope, owner)
+    short_store.renew(scope, owner, 2)
     short_store.not_sent(scope, new_owner("task-2"))
     assert short_store.meta(scope)["sending"] == "1"
 
@@ -234,11 +234,11 @@ def test_renew_returns_cumulative_attempts_across_deliveries(
 ) -> None:
     first = new_owner("task-1")
     assert short_store.claim(scope, first).attempts == 1  # attempt 1 comes with the claim
-    assert [short_store.renew(scope, first) for _ in range(2)] == [2, 3]  # attempts 2 and 3
+    assert [short_store.renew(scope, first, n) for n in (2, 3)] == [2, 3]  # attempts 2 and 3
     let_lease_expire()
     second = new_owner("task-1")
     assert short_store.claim(scope, second).attempts == 4
-    assert short_store.renew(scope, second) == 5
+    assert short_store.renew(scope, second, 2) == 5
     assert short_store.meta(scope)["attempts"] == "5"
 
 
@@ -248,7 +248,7 @@ def test_renew_extends_the_lease(
     owner = new_owner("task-1")
     store.claim(scope, owner)
     fake_redis.pexpire(keys.lease(scope), 1_000)
-    store.renew(scope, owner)
+    store.renew(scope, owner, 2)
     assert fake_redis.pttl(keys.lease(scope)) > 1_000
     assert store.meta(scope)["sending"] == "1"
 
@@ -259,8 +259,8 @@ def test_renew_by_a_non_owner_returns_none_and_counts_nothing(
     owner = new_owner("task-1")
     store.claim(scope, owner)
     store.not_sent(scope, owner)
-    assert store.renew(scope, new_owner("task-2")) is None
-    assert store.renew(scope, new_owner("task-1")) is None  # same task, other delivery
+    assert store.renew(scope, new_owner("task-2"), 2) is None
+    assert store.renew(scope, new_owner("task-1"), 2) is None  # same task, other delivery
     assert fake_redis.get(keys.lease(scope)) == owner.encode()
     assert store.meta(scope)["attempts"] == "1"  # only the owner's claim counted
     assert store.meta(scope)["sending"] == "0"
@@ -270,7 +270,7 @@ def test_renew_of_a_done_scope_returns_none(store: IdempotencyStore, scope: Scop
     owner = new_owner("task-1")
     store.claim(scope, owner)
     store.commit(scope, owner, "trg-1")
-    assert store.renew(scope, owner) is None
+    assert store.renew(scope, owner, 2) is None
 
 
 def test_renew_of_a_dead_scope_returns_none(
@@ -280,7 +280,7 @@ def test_renew_of_a_dead_scope_returns_none(
     store.claim(scope, owner)
     entry = dlq.new_entry(reason="rejected", error="x", trigger={}, project_id=scope.project_id)
     dlq.add(entry, scope=scope, owner=owner)
-    assert store.renew(scope, owner) is None
+    assert store.renew(scope, owner, 2) is None
 
 
 # --- commit and release ---------------------------------------------------------------
@@ -433,14 +433,93 @@ def test_extend_by_a_non_owner_returns_false_and_leaves_the_lease(
     assert fake_redis.get(keys.lease(scope)) == owner.encode()
 
 
-def test_extend_after_the_lease_expired_does_not_bring_it_back(
+def test_extend_after_the_lease_lapsed_retakes_it_when_nobody_else_did(
     short_store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
 ) -> None:
     owner = new_owner("task-1")
     short_store.claim(scope, owner)
     let_lease_expire()
+    assert short_store.extend(scope, owner) is True
+    assert fake_redis.get(keys.lease(scope)) == owner.encode()
+
+
+def test_extend_after_the_lease_lapsed_and_another_claimed_is_refused(
+    short_store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    short_store.claim(scope, owner)
+    let_lease_expire()
+    other = new_owner("task-1")
+    assert short_store.claim(scope, other).state is ClaimState.CLAIMED
     assert short_store.extend(scope, owner) is False
-    assert fake_redis.exists(keys.lease(scope)) == 0
+    assert fake_redis.get(keys.lease(scope)) == other.encode()
+
+
+def test_renew_after_the_lease_lapsed_retakes_it_when_nobody_else_did(
+    short_store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    short_store.claim(scope, owner)
+    let_lease_expire()
+    assert short_store.renew(scope, owner, 2) == 2
+    assert fake_redis.get(keys.lease(scope)) == owner.encode()
+
+
+# --- repeated after a lost reply ------------------------------------------------------
+
+
+def test_a_repeated_claim_of_the_same_owner_counts_nothing_twice(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    first = store.claim(scope, owner)
+    again = store.claim(scope, owner)  # the reply was lost; the client repeated the call
+    assert again.state is ClaimState.CLAIMED
+    assert (again.deliveries, again.attempts) == (first.deliveries, first.attempts) == (1, 1)
+    assert store.meta(scope)["deliveries"] == "1"
+
+
+def test_a_repeated_claim_still_reports_a_takeover_mid_request(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    dead = new_owner("task-1")
+    short_store.claim(scope, dead)  # sending when it died
+    let_lease_expire()
+    owner = new_owner("task-1")
+    assert short_store.claim(scope, owner).took_over_mid_request is True
+    assert short_store.claim(scope, owner).took_over_mid_request is True
+
+
+def test_a_repeated_renew_of_one_attempt_counts_it_once(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert [store.renew(scope, owner, 2) for _ in range(3)] == [2, 2, 2]
+    assert store.renew(scope, owner, 3) == 3
+
+
+def test_a_repeated_commit_answers_true_again_and_keeps_the_record(
+    store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    assert store.commit(scope, owner, "trg-1", done_at=1_800_000_000.0) is True
+    assert store.commit(scope, owner, "trg-1", done_at=1_800_000_000.0) is True
+    assert store.status(scope).trigger_id == "trg-1"
+
+
+def test_a_commit_after_another_delivery_committed_keeps_the_first_trigger_id(
+    short_store: IdempotencyStore, scope: Scope
+) -> None:
+    slow = new_owner("task-1")
+    short_store.claim(scope, slow)
+    let_lease_expire()
+    fast = new_owner("task-1")
+    short_store.claim(scope, fast)
+    assert short_store.commit(scope, fast, "trg-fast") is True
+    assert short_store.commit(scope, slow, "trg-slow") is False
+    assert short_store.status(scope).trigger_id == "trg-fast"
 
 
 def test_extend_of_a_done_scope_returns_false(store: IdempotencyStore, scope: Scope) -> None:

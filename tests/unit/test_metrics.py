@@ -269,7 +269,7 @@ def test_breaker_state_levels(
     breaker = CircuitBreaker(
         fake_redis,
         keys.breaker(PROJECT_ID),
-        window=1,
+        window_s=1,
         min_samples=1,
         probe_s=probe_s,
         auth_probe_s=probe_s,

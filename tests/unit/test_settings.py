@@ -69,8 +69,9 @@ def test_rate_limit_and_breaker_tuning_defaults(clean_env: pytest.MonkeyPatch) -
     assert s.clix_rate_limit_low_watermark == 0.02
     assert s.clix_breaker_probe_s == 5.0
     assert s.clix_auth_probe_s == 30.0
-    assert s.clix_breaker_window == 20
+    assert s.clix_breaker_window_s == 10.0
     assert s.clix_breaker_min_samples == 10
+    assert s.clix_systemic_failure_ratio == 0.5
     assert s.clix_breaker_failure_ratio == 0.8
     assert s.max_renewal_gap_s == 35
 
@@ -214,35 +215,32 @@ def test_rate_limit_max_wait_not_under_visibility_timeout_is_refused() -> None:
     assert "CLIX_RATE_LIMIT_MAX_WAIT_S=60 must stay under CLIX_VISIBILITY_TIMEOUT_S=60" in message
 
 
-def test_delivery_horizon_is_retry_deadline_plus_429_and_slot_waits_plus_one_renewal_gap() -> None:
-    # 30 deadline + 60 of 429 waits + 20 waiting for a rate-limit slot (4 x 5) + 35 gap
-    assert build().delivery_horizon_s == 30 + 60 + 20 + 35
-    assert build(clix_rate_limited_max_wait_s=0).delivery_horizon_s == 30 + 0 + 20 + 35
+def test_a_delivery_ends_a_margin_before_the_visibility_timeout() -> None:
+    assert build().delivery_deadline_s == 60 - 5
+    assert build(clix_visibility_timeout_s=100).delivery_deadline_s == 95
+    # a delivery never outlives its message's visibility: no second copy grows meanwhile
+    assert build().delivery_horizon_s < build().clix_visibility_timeout_s
+
+
+def test_a_visibility_timeout_too_short_for_one_request_is_refused() -> None:
+    message = refusal(
+        clix_visibility_timeout_s=12,
+        clix_lease_s=11,
+        clix_backoff_max_s=0.5,
+        clix_retry_after_max_s=0.5,
+        clix_rate_limit_max_wait_s=0.5,
+    )
+    assert "CLIX_VISIBILITY_TIMEOUT_S=12 leaves a delivery 7 s" in message
+    assert "CLIX_REQUEST_TIMEOUT_S=10" in message
 
 
 def test_idempotency_ttl_not_over_the_retry_horizon_is_refused() -> None:
-    # defaults: per delivery max(30 deadline + 60 of 429 waits + 20 of slot waits + 35 gap,
-    # 60) = 145 s, times (5 redeliveries + 1) = 870 s
-    assert build().retry_horizon_s == 870
-    message = refusal(clix_idempotency_ttl_s=870)
-    assert "CLIX_IDEMPOTENCY_TTL_S=870 must outlast the retry horizon (870 s" in message
-    assert build(clix_idempotency_ttl_s=871).clix_idempotency_ttl_s == 871
-
-
-def test_retry_horizon_uses_the_visibility_timeout_when_a_delivery_is_shorter() -> None:
-    short = build(
-        clix_retry_deadline_s=1,
-        clix_rate_limited_max_wait_s=0,
-        clix_request_timeout_s=1,
-        clix_backoff_initial_s=0.1,
-        clix_backoff_max_s=1,
-        clix_retry_after_max_s=1,
-        clix_rate_limit_max_wait_s=1,
-        clix_lease_s=10,
-        clix_redelivery_limit=2,
-    )
-    assert short.delivery_horizon_s == 1 + 0 + 4 + 3
-    assert short.retry_horizon_s == 60 * 3
+    # defaults: each delivery ends within the visibility timeout (60 s), and a
+    # key is delivered at most 5 + 1 times: 360 s
+    assert build().retry_horizon_s == 360
+    message = refusal(clix_idempotency_ttl_s=360)
+    assert "CLIX_IDEMPOTENCY_TTL_S=360 must outlast the retry horizon (360 s" in message
+    assert build(clix_idempotency_ttl_s=361).clix_idempotency_ttl_s == 361
 
 
 def test_every_contradiction_is_reported_at_once() -> None:
@@ -264,7 +262,8 @@ def test_every_contradiction_is_reported_at_once() -> None:
         ("clix_rate_limit_low_watermark", 1.5),
         ("clix_breaker_probe_s", 0),
         ("clix_auth_probe_s", 0),
-        ("clix_breaker_window", 1),
+        ("clix_breaker_window_s", 0),
+        ("clix_systemic_failure_ratio", 0),
         ("clix_breaker_min_samples", 0),
         ("clix_breaker_failure_ratio", 0),
         ("clix_breaker_failure_ratio", 1.1),
@@ -356,8 +355,3 @@ def test_get_settings_is_loaded_once(fresh_get_settings: pytest.MonkeyPatch) -> 
     fresh_get_settings.setenv("CLIX_PROJECT_ID", "proj-changed")
     assert get_settings() is first
     assert first.clix_project_id == "proj-once"
-
-
-def test_breaker_that_could_never_open_is_refused() -> None:
-    message = refusal(clix_breaker_window=5, clix_breaker_min_samples=10)
-    assert "CLIX_BREAKER_MIN_SAMPLES=10 is larger than CLIX_BREAKER_WINDOW=5" in message
