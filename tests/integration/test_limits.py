@@ -118,7 +118,7 @@ def test_revoked_key_pauses_the_fleet_and_it_resumes_by_itself_when_the_key_work
     assert cli_json(fleet.env, "health")["breaker"] == "closed"
 
 
-def test_full_outage_holds_the_fleet_back_and_everything_is_delivered_after(
+def test_a_20_s_outage_dead_letters_nothing_and_everything_is_delivered_once_after(
     own_fleet: Callable[..., Fleet], own_sandbox: Callable[..., SandboxProcess], campaign: str
 ) -> None:
     clix = own_sandbox()
@@ -130,33 +130,24 @@ def test_full_outage_holds_the_fleet_back_and_everything_is_delivered_after(
         CLIX_BREAKER_PROBE_S="2",
     )
     fleet.start_worker(concurrency=2)
-    fleet.start_worker(concurrency=2)  # 4 worker processes
+    fleet.start_worker(concurrency=2)  # 2 workers, 4 worker processes
     clix.configure(fail_rate=1.0)
     outage_started = time.time()
-    keys = _send_many(fleet, campaign, 40)
+    keys = _send_many(fleet, campaign, 200)
     outage_s = 20
     time.sleep(outage_s)
     clix.configure(fail_rate=0.0)
     outage_ended = time.time()
 
-    dead = {e["idempotency_key"]: e for e in fleet.dlq.entries()}
     wait_until(
-        lambda: set(_delivered_keys(clix, campaign)) | set(dead) == set(keys),
-        90,
-        "every trigger delivered or dead-lettered",
+        lambda: set(_delivered_keys(clix, campaign)) == set(keys),
+        120,
+        "every trigger delivered after the outage",
         every_s=0.5,
     )
     during = [r for r in clix.requests(campaign) if outage_started <= r["at"] <= outage_ended]
-    # Bound: each of 4 processes fails at most min_samples (10) + the attempts of the
-    # second it takes to see the breaker, then one probe per 2 s for the fleet.
-    bound = 4 * (10 + 5) + outage_s // 2 + 1
-    print(
-        f"\n{len(during)} requests reached Clix during a {outage_s} s outage (bound {bound}),"
-        f" {len(dead)} dead-lettered"
-    )
-    assert len(during) <= bound
+    rate = len(during) / (outage_ended - outage_started)
+    print(f"\n{len(during)} requests reached Clix during a {outage_s} s outage ({rate:.1f}/s)")
+    assert fleet.dlq.entries() == []  # an outage is not the triggers' fault
     assert set(_delivered_keys(clix, campaign).values()) == {1}
-    for entry in dead.values():  # only triggers that spent their own budget while closed
-        assert entry["reason"] == "retries_exhausted"
-        assert entry["attempts"] >= 5
-    assert len(dead) <= 4
+    assert rate <= 20
