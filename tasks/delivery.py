@@ -47,25 +47,21 @@ import redis
 
 from config.keys import Scope
 from tasks import context
-from tasks.breaker import Outcome
 from tasks.client import is_ambiguous
 from tasks.errors import (
-    AuthenticationFailed,
     BreakerOpen,
     ClaimBusy,
     ClaimLost,
     ClixError,
     DeadLettered,
     InvalidTrigger,
-    NetworkError,
     Quota,
-    RateLimited,
     RedeliveryLimit,
     Route,
-    ServerError,
     TransientError,
     route_for,
 )
+from tasks.feedback import FleetFeedback
 from tasks.idempotency import Claim, ClaimState, new_owner
 from tasks.metrics import count_outcome, observe_request, status_of
 from tasks.models import TriggerRequest
@@ -105,7 +101,8 @@ class Delivery:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ctx = ctx
-        self.wall_clock = wall_clock  # X-RateLimit-Reset without a Date header; done_at
+        self.feedback = FleetFeedback(ctx.breaker, ctx.limiter, ctx.settings, wall_clock=wall_clock)
+        self.wall_clock = wall_clock  # done_at of the commit
         self.clock = clock  # deadlines and leases
         self.task_id = task_id
         self.args = args
@@ -273,9 +270,11 @@ class Delivery:
         self._last_ambiguous = is_ambiguous(error)
         # Advice to the fleet, not the trigger's outcome: a store error here must
         # not turn an accepted trigger into a requeue (and a resend).
+        probe, self._probe = self._probe, False  # one request answers for the probe
         try:
-            self._tell_breaker(error)
-            self._pace(error, quota)
+            retry_after_s = self.feedback.tell(error, quota, owner=self.owner, probe=probe)
+            if retry_after_s is not None:
+                self._log("rate_limited", retry_after_s=retry_after_s, level=logging.WARNING)
             if error is not None and not self._last_ambiguous:
                 self.ctx.store.not_sent(self.scope, self.owner)
         except redis.RedisError as exc:
@@ -290,52 +289,6 @@ class Delivery:
             latency_ms=round(latency_ms, 1),
             level=logging.WARNING,
         )
-
-    def _tell_breaker(self, error: ClixError | None) -> None:
-        if isinstance(error, AuthenticationFailed):
-            outcome = Outcome.AUTH
-        elif isinstance(error, ServerError | NetworkError):
-            outcome = Outcome.FAILURE
-        else:
-            outcome = Outcome.OK  # accepted, or an answer about this message only
-        probe, self._probe = self._probe, False  # one request answers for the probe
-        transition = self.ctx.breaker.record(outcome, self.owner, probe=probe)
-        if not transition:
-            return
-        settings = self.ctx.settings
-        if transition == "closed":
-            logger.warning("circuit breaker closed: Clix answers again; consuming resumes")
-        elif outcome is Outcome.AUTH:
-            logger.error(
-                "Clix refused the credentials (%s): fix CLIX_API_KEY / CLIX_PROJECT_ID. "
-                "Consuming is paused fleet-wide and messages stay queued; a probe goes out "
-                "every %g s and the fleet resumes by itself once the key is accepted",
-                error.status_code if error else "?",
-                settings.clix_auth_probe_s,
-            )
-        else:
-            logger.error(
-                "circuit breaker %s: most recent requests to Clix failed (%s); consuming is "
-                "paused fleet-wide, probing every %g s",
-                transition,
-                error,
-                settings.clix_breaker_probe_s,
-            )
-
-    def _pace(self, error: ClixError | None, quota: Quota | None) -> None:
-        """Hold the whole fleet back when Clix says (429) or hints (low remaining quota)."""
-        limiter, settings = self.ctx.limiter, self.ctx.settings
-        if isinstance(error, RateLimited):
-            wait = error.retry_after_s if error.retry_after_s is not None else 1.0
-            limiter.hold(min(wait, settings.clix_retry_after_max_s))
-            self._log("rate_limited", retry_after_s=wait, level=logging.WARNING)
-        elif quota is not None and quota.limit and quota.remaining is not None:
-            low = quota.remaining <= quota.limit * settings.clix_rate_limit_low_watermark
-            reset_in = quota.reset_in_s(self.wall_clock())
-            if reset_in is None:
-                reset_in = 1.0
-            if low and reset_in > 0:
-                limiter.hold(min(reset_in, settings.clix_retry_after_max_s))
 
     def _route(self, exc: Exception) -> dict[str, Any]:
         systemic = False
