@@ -86,6 +86,9 @@ OUTCOMES = (
     "requeued",
     "ambiguous_duplicate",
     "breaker_probe",
+    "commit_retry",
+    "commit_failed",
+    "bookkeeping_failed",
 )
 #: Outcome names of the delivery's log lines that are counted under another label.
 _OUTCOME_ALIASES = {"attempt_failed": "retried"}
