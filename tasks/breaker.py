@@ -27,8 +27,10 @@ each process collected its own.
 
 :meth:`CircuitBreaker.systemic` answers the question a spent retry budget asks:
 is the trouble the trigger's or the system's? While the breaker is open, or
-``systemic_ratio`` of the fleet's recent requests fail, it is the system's, and
-the trigger waits in the queue instead of the dead-letter queue.
+``systemic_ratio`` of the fleet's *other* recent requests fail, it is the
+system's, and the trigger waits in the queue instead of the dead-letter queue.
+A trigger failing alone, with nothing else in the window, has no such evidence
+and is dead-lettered when its budget is spent.
 """
 
 from __future__ import annotations
@@ -228,11 +230,17 @@ class CircuitBreaker:
             return ""
         return self._send(outcome.value, owner)
 
-    def systemic(self) -> bool:
-        """Is the fleet failing (open breaker, or most recent requests failing)?"""
+    def systemic(self, own_failures: int = 0) -> bool:
+        """Is the fleet failing, not just the caller's trigger?
+
+        True while the breaker is open, or when the window's requests other than
+        the caller's own ``own_failures`` mostly failed. With no other requests
+        in the window there is no evidence of an outage: False.
+        """
         _, state, oks, fails = self._call("flush", "")
-        samples = oks + fails
-        return state == "open" or (samples > 0 and fails >= samples * self.systemic_ratio)
+        others_failed = max(0, fails - own_failures)
+        others = oks + others_failed
+        return state == "open" or (others > 0 and others_failed >= others * self.systemic_ratio)
 
     def _send(self, event: str, owner: str) -> str:
         transition, state, _, _ = self._call(event, owner)

@@ -47,6 +47,7 @@ import redis
 
 from config.keys import Scope
 from tasks import context
+from tasks.breaker import Outcome
 from tasks.client import is_ambiguous
 from tasks.errors import (
     BreakerOpen,
@@ -61,7 +62,7 @@ from tasks.errors import (
     TransientError,
     route_for,
 )
-from tasks.feedback import FleetFeedback
+from tasks.feedback import FleetFeedback, outcome_of
 from tasks.idempotency import Claim, ClaimState, new_owner
 from tasks.metrics import count_outcome, observe_request, status_of
 from tasks.models import TriggerRequest
@@ -117,6 +118,7 @@ class Delivery:
         self.accepted: str | None = None  # the trigger_id once Clix accepted: never forgotten
         self._last_ambiguous = False
         self._probe = False  # this delivery holds the breaker's half-open probe token
+        self._failures = 0  # requests of this delivery that failed for the system's sake
         self._unsent_attempt = False  # an attempt is registered in the ledger, not yet sent
         self._started = clock()
         self._deadline = self._started + ctx.settings.delivery_deadline_s
@@ -266,6 +268,8 @@ class Delivery:
     ) -> None:
         assert self.scope is not None
         self._unsent_attempt = False
+        if outcome_of(error) is not Outcome.OK:
+            self._failures += 1
         observe_request(latency_ms / 1000, status_of(error))
         self._last_ambiguous = is_ambiguous(error)
         # Advice to the fleet, not the trigger's outcome: a store error here must
@@ -294,7 +298,7 @@ class Delivery:
         systemic = False
         if isinstance(exc, TransientError):
             try:
-                systemic = self.ctx.breaker.systemic()
+                systemic = self.ctx.breaker.systemic(own_failures=self._failures)
             except redis.RedisError:
                 systemic = True  # the store is away too: the fleet is in trouble, not the trigger
         decision = route_for(exc, systemic=systemic)

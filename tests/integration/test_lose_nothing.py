@@ -90,14 +90,16 @@ def test_publish_that_fails_after_the_pending_write_is_delivered_by_the_reconcil
 def test_reconciler_leaves_a_backlog_alone_and_in_flight_triggers_unsent(
     own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str, tmp_path: Path
 ) -> None:
-    fleet = own_fleet()
+    # a request timeout longer than the held answer: it is in flight, not timed out
+    fleet = own_fleet(CLIX_REQUEST_TIMEOUT_S="10", CLIX_LEASE_S="20")
     keys = _write_triggers(tmp_path / "t.jsonl", campaign, 300)
     assert cli(fleet.env, "enqueue", "--file", str(tmp_path / "t.jsonl")).returncode == 0
-    sandbox.script(campaign, {"status": 200, "delay_ms": 6000})  # k0 stays in flight 6 s
+    sandbox.script(campaign, {"status": 200, "delay_ms": 6000})  # one stays in flight 6 s
     time.sleep(4)  # every pending record is now older than the grace period
     worker = fleet.start_worker(concurrency=2)
     wait_until(lambda: set(_accepted(sandbox, campaign)) == set(keys), 120, "the backlog")
-    time.sleep(2)
+    wait_until(lambda: not sandbox.in_flight(campaign), 30, "the held answer")
+    time.sleep(1)
     assert set(_accepted(sandbox, campaign).values()) == {1}  # nothing doubled
     assert "re-published" not in worker.log()
     assert fleet.redis().zcard(fleet.keys.pending_index) == 0

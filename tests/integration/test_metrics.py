@@ -119,7 +119,8 @@ def test_worker_serves_outcomes_dlq_depth_and_no_ids(
     label_values = {value for (_, labels) in samples for _, value in labels}
     allowed = {
         "sent", "deduplicated", "retried", "rate_limited", "dead_lettered", "requeued",
-        "ambiguous_duplicate", "breaker_probe", "other", "none", "invalid_payload",
+        "ambiguous_duplicate", "breaker_probe", "commit_retry", "commit_failed",
+        "bookkeeping_failed", "other", "none", "invalid_payload",
         "rejected", "retries_exhausted", "redelivery_limit", "2xx", "4xx", "429", "5xx",
         "network", "auth", "outage",
     }  # fmt: skip

@@ -80,37 +80,35 @@ def test_killed_pool_process_is_requeued_and_delivered_once_its_lease_expires(
     assert fleet.dlq.entries() == []
 
 
-def test_delivery_that_outlives_the_visibility_timeout_is_not_sent_twice(
+def test_a_slow_delivery_ends_before_the_visibility_timeout_so_no_copy_runs_beside_it(
     own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str
 ) -> None:
+    # Clix answers every request slowly with 429: each delivery must give its
+    # message back before the broker would hand out a second copy (10 s).
     fleet = own_fleet(
-        CLIX_VISIBILITY_TIMEOUT_S="6",
-        CLIX_LEASE_S="5",
+        CLIX_VISIBILITY_TIMEOUT_S="10",
+        CLIX_LEASE_S="8",
         CLIX_UNACKED_RESTORE_INTERVAL_S="1",
         CLIX_REQUEST_TIMEOUT_S="2",
         CLIX_BACKOFF_INITIAL_S="0.5",
         CLIX_BACKOFF_MAX_S="1",
         CLIX_RETRY_AFTER_MAX_S="1",
-        CLIX_MAX_ATTEMPTS="8",
-        CLIX_RETRY_DEADLINE_S="30",
         CLIX_RATE_LIMIT_MAX_WAIT_S="1",
     )
     worker = fleet.start_worker(concurrency=2)
-    sandbox.script(campaign, *[{"status": 503, "delay_ms": 1500}] * 5)
+    slow_429 = {"status": 429, "delay_ms": 1500, "headers": {"Retry-After": "1"}}
+    sandbox.script(campaign, *[slow_429] * 6)
     task_id = fleet.send(campaign_id=campaign, idempotency_key="slow")
 
-    trigger_id = wait_until(lambda: _done(fleet, campaign, "slow"), 60, "the slow delivery")
-    statuses = [r["status"] for r in sandbox.requests(campaign)]
-    assert statuses == [503] * 5 + [200]
-    assert sandbox.requests(campaign)[-1]["trigger_id"] == trigger_id
-    # the broker really did hand the message out again while it was running
-    wait_until(
-        lambda: worker.log().count(f"Task trigger_campaign[{task_id}] received") >= 2,
-        20,
-        "a second delivery of the same message",
-    )
-    time.sleep(2)  # let every copy finish
-    assert [r["status"] for r in sandbox.requests(campaign)] == [503] * 5 + [200]
+    trigger_id = wait_until(lambda: _done(fleet, campaign, "slow"), 90, "the slow trigger")
+    requests = sandbox.requests(campaign)
+    assert [r["status"] for r in requests] == [429] * 6 + [200]
+    assert requests[-1]["trigger_id"] == trigger_id
+    # never two requests at once: each copy started after the previous one ended
+    ends = [r["at"] + (1.5 if r["status"] == 429 else 0) for r in requests]
+    assert all(requests[i + 1]["at"] >= ends[i] - 0.1 for i in range(len(requests) - 1))
+    assert "requeued" in worker.log()  # delivered in several deliveries, one at a time
+    assert worker.log().count(f"Task trigger_campaign[{task_id}] received") >= 2
     assert fleet.dlq.entries() == []
 
 

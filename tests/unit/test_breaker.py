@@ -185,17 +185,26 @@ def test_successes_elsewhere_in_the_fleet_keep_failures_from_opening_it(
     assert failing.state().state == "closed"
 
 
-def test_a_trigger_failing_alone_is_systemic_only_while_the_fleet_fails_too(
+def test_a_trigger_failing_alone_is_not_systemic(
+    make_breaker: Callable[..., CircuitBreaker],
+) -> None:
+    one = make_breaker(min_samples=10)
+    fail(one, 3)  # only its own failures in the window: no evidence of an outage
+    assert one.systemic(own_failures=3) is False
+
+
+def test_a_trigger_failing_while_the_others_fail_too_is_systemic(
     make_breaker: Callable[..., CircuitBreaker], clock: FakeClock
 ) -> None:
-    one, other = make_breaker(min_samples=10), make_breaker()
-    fail(one, 3)  # nothing else in the window: the fleet's requests fail
-    assert one.systemic() is True
-    for _ in range(20):
+    one, other = make_breaker(min_samples=10), make_breaker(min_samples=10)
+    fail(one, 3)
+    fail(other, 2)
+    assert one.systemic(own_failures=3) is True
+    for _ in range(20):  # ...unless most of the others' requests succeed
         other.record(Outcome.OK)
     clock.advance(2.0)
     other.allow("owner-b")
-    assert one.systemic() is False  # the others succeed: the trigger's own trouble
+    assert one.systemic(own_failures=3) is False
 
 
 def test_an_open_breaker_is_systemic(make_breaker: Callable[..., CircuitBreaker]) -> None:

@@ -310,11 +310,19 @@ def test_network_errors_forever_are_retries_exhausted_with_null_status(
     assert entry["error"].startswith("network error: ConnectError")
 
 
-def test_503_forever_while_the_whole_fleet_fails_goes_back_to_the_queue_uncounted(
+def test_503_forever_on_an_otherwise_idle_fleet_is_dead_lettered(pipeline: Pipe) -> None:
+    # nothing else in the window: no evidence of an outage, the budget decides
+    p = pipeline(then=503, clix_max_attempts=3)
+    assert dead_letter(p)["reason"] == "retries_exhausted"
+
+
+def test_503_forever_while_the_rest_of_the_fleet_fails_goes_back_to_the_queue_uncounted(
     pipeline: Pipe, fake_redis: fakeredis.FakeRedis
 ) -> None:
-    # nothing in the window but failures: an outage, not a poison trigger
     p = pipeline(then=503, clix_max_attempts=3)
+    other = another_worker(p, fake_redis)
+    for _ in range(3):  # another worker's requests fail as well
+        other.record(Outcome.FAILURE)
     assert "ServerError" in requeue(p, task_id="task-1")
     assert p.ctx.dlq.depth() == 0
     meta = p.ctx.store.meta(scope_of(p))
