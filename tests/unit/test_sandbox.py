@@ -20,14 +20,18 @@ from typing import Any
 import httpx
 import pytest
 
-SANDBOX_PATH = Path(__file__).resolve().parents[2] / "worker" / "sandbox.py"
+SANDBOX_PATH = Path(__file__).resolve().parents[2] / "worker" / "sandbox"
 PROJECT = "proj-test"
 SECRET = "sk-test-Zq9-very-secret"
 
 
 def _load_sandbox() -> ModuleType:
     # Loaded by path so the test needs neither worker/__init__.py nor the Celery app.
-    spec = importlib.util.spec_from_file_location("clix_sandbox_under_test", SANDBOX_PATH)
+    spec = importlib.util.spec_from_file_location(
+        "clix_sandbox_under_test",
+        SANDBOX_PATH / "__init__.py",
+        submodule_search_locations=[str(SANDBOX_PATH)],
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -505,7 +509,7 @@ def test_stop_closes_the_listener_and_is_idempotent() -> None:
 @pytest.fixture
 def cli_process() -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "CLIX_SANDBOX_API_KEY": SECRET}
-    args = [sys.executable, str(SANDBOX_PATH), "--port", "0", "--project-id", PROJECT]
+    args = [sys.executable, "-m", "worker.sandbox", "--port", "0", "--project-id", PROJECT]
     proc = subprocess.Popen(
         [*args, "--fail-rate", "0.0"],
         stdout=subprocess.PIPE,
