@@ -281,6 +281,34 @@ def test_scripted_delay_holds_the_answer(client: httpx.Client) -> None:
     assert time.monotonic() - started >= 0.25  # a lower bound only: never a strict wall time
 
 
+def test_in_flight_lists_a_held_request_until_it_is_answered(
+    server: Any, client: httpx.Client
+) -> None:
+    script(client, "held", {"status": 200, "delay_ms": 3000})
+    answers: list[httpx.Response] = []
+    with httpx.Client(base_url=server.url, timeout=10.0) as other:
+        sender = threading.Thread(
+            target=lambda: answers.append(trigger(other, "held", json={"properties": {"n": 1}}))
+        )
+        sender.start()
+        deadline = time.monotonic() + 2.5
+        held: list[dict[str, Any]] = []
+        while not held and time.monotonic() < deadline:
+            held = client.get("/_sandbox/in_flight", params={"campaign_id": "held"}).json()[
+                "in_flight"
+            ]
+            time.sleep(0.02)
+        sender.join(10)
+
+    assert [(r["campaign_id"], r["body"], r["status"]) for r in held] == [
+        ("held", {"properties": {"n": 1}}, None)
+    ]
+    assert held[0]["headers"]["x-clix-api-key"] == "<valid>"
+    assert [a.status_code for a in answers] == [200]
+    assert client.get("/_sandbox/in_flight").json() == {"in_flight": []}
+    assert recorded(client, campaign_id="held")[0]["status"] == 200
+
+
 def test_invalid_script_is_refused(client: httpx.Client) -> None:
     bad_entries: list[Any] = [
         {"status": 42},

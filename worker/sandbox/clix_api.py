@@ -84,11 +84,13 @@ def _bad_campaign_id(campaign_id: str) -> bool:
 
 
 async def answer_trigger(
-    request: Request, faults: Faults, api_key: str
+    request: Request, faults: Faults, api_key: str, in_flight: dict[int, Record]
 ) -> tuple[Answer | None, Record]:
     """Answer a request outside the control API (``None``: drop it) and describe it for the log.
 
-    The record has every field of a sandbox record but ``seq``.
+    The record has every field of a sandbox record but ``seq``. While the answer is
+    being decided (latency, scripted delays) the record sits in ``in_flight`` with
+    ``status`` None, so a test can act at the moment Clix holds a request.
     """
     arrived = time.time()
     headers = request.headers
@@ -107,12 +109,7 @@ async def answer_trigger(
         except ValueError:  # includes UnicodeDecodeError
             parse_error = "request body is not valid JSON"
             raw_body = request.body[:_MAX_RAW_BODY_CHARS].decode("utf-8", errors="replace")
-    if faults.config.latency_ms > 0:
-        await asyncio.sleep(faults.config.latency_ms / 1000)
-    answer = await _decide(request, faults, campaign_id, key_ok, body, parse_error)
-    payload = answer[1] if answer and answer[0] == 200 else None
-    trigger_id = payload.get("trigger_id") if isinstance(payload, dict) else None
-    record = {
+    record: Record = {
         "at": arrived,
         "method": request.method,
         "path": request.path,
@@ -120,9 +117,20 @@ async def answer_trigger(
         "headers": headers,
         "body": body,
         "raw_body": raw_body,
-        "status": answer[0] if answer else None,
-        "trigger_id": trigger_id if isinstance(trigger_id, str) else None,
+        "status": None,
+        "trigger_id": None,
     }
+    in_flight[id(record)] = record
+    try:
+        if faults.config.latency_ms > 0:
+            await asyncio.sleep(faults.config.latency_ms / 1000)
+        answer = await _decide(request, faults, campaign_id, key_ok, body, parse_error)
+    finally:
+        del in_flight[id(record)]
+    payload = answer[1] if answer and answer[0] == 200 else None
+    trigger_id = payload.get("trigger_id") if isinstance(payload, dict) else None
+    record["status"] = answer[0] if answer else None
+    record["trigger_id"] = trigger_id if isinstance(trigger_id, str) else None
     return answer, record
 
 

@@ -1,8 +1,9 @@
 """The control API under ``/_sandbox/``: what tests use to inspect and steer the sandbox.
 
 JSON, no auth: ``GET requests[?campaign_id=&since=]``, ``GET stats[?campaign_id=]``,
-``POST script``, ``POST config``, ``POST reset``, ``GET health``. Control requests
-are neither recorded nor delayed nor faulted.
+``GET in_flight[?campaign_id=]`` (arrived, not answered yet), ``POST script``,
+``POST config``, ``POST reset``, ``GET health``. Control requests are neither
+recorded nor delayed nor faulted.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _ROUTES = {
     "requests": "GET",
     "stats": "GET",
     "health": "GET",
+    "in_flight": "GET",
     "script": "POST",
     "config": "POST",
     "reset": "POST",
@@ -44,6 +46,11 @@ def answer_control(server: SandboxServer, request: Request) -> Answer:
         return 405, {"error": "method not allowed"}, {"Allow": _ROUTES[name]}
     if name == "health":
         return 200, {"ok": True}, {}
+    if name == "in_flight":
+        held = sorted(server.in_flight.values(), key=lambda r: r["at"])
+        if "campaign_id" in query:
+            held = [r for r in held if r["campaign_id"] == query["campaign_id"]]
+        return 200, {"in_flight": held}, {}
     if name in ("requests", "stats"):
         records = server.records
         if "since" in query:

@@ -27,8 +27,12 @@ class SandboxServer:
     (None for a drop) and ``trigger_id``. ``seq`` keeps counting across a reset, so a
     client's ``since`` never skips new records.
 
+    ``in_flight`` holds the records of requests that arrived and are not answered yet
+    (``status`` None), e.g. during a scripted ``delay_ms``.
+
     Control API (JSON, no auth): ``GET /_sandbox/requests[?campaign_id=&since=]``,
-    ``GET /_sandbox/stats[?campaign_id=]``, ``POST /_sandbox/script``,
+    ``GET /_sandbox/stats[?campaign_id=]``, ``GET /_sandbox/in_flight[?campaign_id=]``,
+    ``POST /_sandbox/script``,
     ``POST /_sandbox/config``, ``POST /_sandbox/reset``, ``GET /_sandbox/health``.
     Control requests are neither recorded nor delayed nor faulted.
     """
@@ -40,6 +44,7 @@ class SandboxServer:
         self.host = host
         self.port = port
         self.records: list[Record] = []
+        self.in_flight: dict[int, Record] = {}  # arrived, not answered yet (see answer_trigger)
         self.connections_total = 0  # lets tests prove keep-alive reuse
         self.faults = Faults(config)
         self._seq = 0
@@ -103,7 +108,7 @@ class SandboxServer:
                         answer: Answer | None = answer_control(self, request)
                     else:
                         answer, record = await answer_trigger(
-                            request, self.faults, self.config.api_key
+                            request, self.faults, self.config.api_key, self.in_flight
                         )
                         self._record(record)
                 except Exception:  # noqa: BLE001 - a sandbox bug must not look like a Clix drop
