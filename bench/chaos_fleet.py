@@ -72,8 +72,7 @@ class ChaosFleet:
             CLIX_QUEUE=self.queue,
             CLIX_KEY_PREFIX=self.prefix,
             CLIX_RATE_LIMIT_PER_S=f"{self.rate_per_s:g}",
-            **FAST_SETTINGS,
-            **CHAOS_SETTINGS,
+            **{**FAST_SETTINGS, **CHAOS_SETTINGS},
         )
         threads = [threading.Thread(target=self.add_worker) for _ in range(workers)]
         for thread in threads:
