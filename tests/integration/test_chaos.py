@@ -1,6 +1,6 @@
 """CHAOS SMOKE TEST: ``bench/chaos.py --quick``, every promise under faults, in CI.
 
-One run of about two minutes (select it with ``-m chaos``, skip it with
+One run of about 70 s (select it with ``-m chaos``, skip it with
 ``-m "not chaos"``): real Redis servers for the store and the broker, a proxy
 that cuts the store, the sandbox misbehaving, three workers SIGKILLed and
 replaced, Redis and the broker restarted, a producer 60 s behind, one answer

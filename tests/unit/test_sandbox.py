@@ -284,14 +284,14 @@ def test_scripted_delay_holds_the_answer(client: httpx.Client) -> None:
 def test_in_flight_lists_a_held_request_until_it_is_answered(
     server: Any, client: httpx.Client
 ) -> None:
-    script(client, "held", {"status": 200, "delay_ms": 3000})
+    script(client, "held", {"status": 200, "delay_ms": 4000})
     answers: list[httpx.Response] = []
     with httpx.Client(base_url=server.url, timeout=10.0) as other:
         sender = threading.Thread(
             target=lambda: answers.append(trigger(other, "held", json={"properties": {"n": 1}}))
         )
         sender.start()
-        deadline = time.monotonic() + 2.5
+        deadline = time.monotonic() + 3.5  # the answer is held 4 s: time to look
         held: list[dict[str, Any]] = []
         while not held and time.monotonic() < deadline:
             held = client.get("/_sandbox/in_flight", params={"campaign_id": "held"}).json()[
