@@ -20,14 +20,18 @@ from typing import Any
 import httpx
 import pytest
 
-SANDBOX_PATH = Path(__file__).resolve().parents[2] / "worker" / "sandbox.py"
+SANDBOX_PATH = Path(__file__).resolve().parents[2] / "worker" / "sandbox"
 PROJECT = "proj-test"
 SECRET = "sk-test-Zq9-very-secret"
 
 
 def _load_sandbox() -> ModuleType:
     # Loaded by path so the test needs neither worker/__init__.py nor the Celery app.
-    spec = importlib.util.spec_from_file_location("clix_sandbox_under_test", SANDBOX_PATH)
+    spec = importlib.util.spec_from_file_location(
+        "clix_sandbox_under_test",
+        SANDBOX_PATH / "__init__.py",
+        submodule_search_locations=[str(SANDBOX_PATH)],
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -277,6 +281,34 @@ def test_scripted_delay_holds_the_answer(client: httpx.Client) -> None:
     assert time.monotonic() - started >= 0.25  # a lower bound only: never a strict wall time
 
 
+def test_in_flight_lists_a_held_request_until_it_is_answered(
+    server: Any, client: httpx.Client
+) -> None:
+    script(client, "held", {"status": 200, "delay_ms": 4000})
+    answers: list[httpx.Response] = []
+    with httpx.Client(base_url=server.url, timeout=10.0) as other:
+        sender = threading.Thread(
+            target=lambda: answers.append(trigger(other, "held", json={"properties": {"n": 1}}))
+        )
+        sender.start()
+        deadline = time.monotonic() + 3.5  # the answer is held 4 s: time to look
+        held: list[dict[str, Any]] = []
+        while not held and time.monotonic() < deadline:
+            held = client.get("/_sandbox/in_flight", params={"campaign_id": "held"}).json()[
+                "in_flight"
+            ]
+            time.sleep(0.02)
+        sender.join(10)
+
+    assert [(r["campaign_id"], r["body"], r["status"]) for r in held] == [
+        ("held", {"properties": {"n": 1}}, None)
+    ]
+    assert held[0]["headers"]["x-clix-api-key"] == "<valid>"
+    assert [a.status_code for a in answers] == [200]
+    assert client.get("/_sandbox/in_flight").json() == {"in_flight": []}
+    assert recorded(client, campaign_id="held")[0]["status"] == 200
+
+
 def test_invalid_script_is_refused(client: httpx.Client) -> None:
     bad_entries: list[Any] = [
         {"status": 42},
@@ -505,7 +537,7 @@ def test_stop_closes_the_listener_and_is_idempotent() -> None:
 @pytest.fixture
 def cli_process() -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "CLIX_SANDBOX_API_KEY": SECRET}
-    args = [sys.executable, str(SANDBOX_PATH), "--port", "0", "--project-id", PROJECT]
+    args = [sys.executable, "-m", "worker.sandbox", "--port", "0", "--project-id", PROJECT]
     proc = subprocess.Popen(
         [*args, "--fail-rate", "0.0"],
         stdout=subprocess.PIPE,

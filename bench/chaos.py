@@ -1,0 +1,174 @@
+"""Keep every promise when Redis, the broker, the network or a clock misbehaves.
+
+    python bench/chaos.py [--quick] [--triggers 10000] [--workers 3] [--seed 1] [--json PATH]
+
+Real processes on this machine: the store's Redis and the broker's Redis (both
+AOF), a TCP proxy between the workers and the store, the sandbox, ``--workers``
+Celery workers (prefork, 2 processes each). It enqueues ``--triggers`` triggers
+(5% reuse a key, 1% poison) while the sandbox answers 10% 503, drops 2% of
+connections, adds 20 ms, and a 20 s window of 429s comes and goes; it SIGKILLs
+a random worker 5 times (each replaced), cuts the store's connections for 1-3 s
+5 times (once right after Clix accepted), restarts the store's Redis once and
+the broker once, runs one producer with its clock 60 s behind (libfaketime),
+and holds one Clix answer past the lease. Then it waits for the drain and
+prints one line::
+
+    sent=… delivered=… lost=… duplicate_sends=… ambiguous_counted=… dlq=… expected_dlq=… …
+
+It exits 0 only if lost = 0, duplicate_sends <= ambiguous_counted, no duplicate
+is explained by store faults alone, and the DLQ holds exactly the poison; 1
+otherwise (the failed checks go to stderr, the evidence to ``--json``). The
+fields are explained in bench/chaos_verdict.py. ``--quick`` is the CI size
+(600 triggers, 2 kills, 3 cuts, an 8 s 429 window: about 70 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.chaos_faults import FaultDriver, FaultPlan  # noqa: E402
+from bench.chaos_fleet import ChaosFleet  # noqa: E402
+from bench.chaos_load import Load, plan_load, send  # noqa: E402
+from bench.chaos_verdict import (  # noqa: E402
+    Verdict,
+    ambiguous_counter,
+    dlq_entries,
+    judge,
+    wait_for_drain,
+)
+
+#: Clix's misbehaviour throughout the run (the 429 window comes on top).
+SANDBOX_FAULTS = ["--fail-rate", "0.10", "--drop-rate", "0.02", "--latency-ms", "20"]
+FULL = {"triggers": 10_000, "rate": 100.0, "drain_s": 900.0, "stall_s": 120.0}
+QUICK = {"triggers": 600, "rate": 20.0, "drain_s": 150.0, "stall_s": 45.0}
+QUICK_PLAN = FaultPlan(kills=2, cuts=3, window_429_s=8.0, hold_s=10.0, stall_s=15.0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the CI size (about 70 s)")
+    p.add_argument("--triggers", type=int, help="triggers to send (10000; quick 600)")
+    p.add_argument("--workers", type=int, default=3, help="workers, 2 processes each (min 3)")
+    p.add_argument("--seed", type=int, default=1, help="seed of every random choice")
+    p.add_argument("--rate", type=float, help="fleet rate limit, req/s (100; quick 20)")
+    p.add_argument("--json", type=Path, help="write the verdict and the fault timeline here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chaos scenario; 0 when every promise was kept, 1 when not, 2 on bad usage."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    triggers = args.triggers or int(size["triggers"])
+    if args.workers < 3 or triggers < 100:
+        parser.error("--workers must be at least 3 and --triggers at least 100")
+    plan = QUICK_PLAN if args.quick else FaultPlan()
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops every process it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rng = random.Random(args.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="clix-chaos-"))
+    fleet = ChaosFleet(
+        workdir,
+        api_key="chaos-" + uuid.uuid4().hex,
+        rate_per_s=args.rate or size["rate"],
+        seed=args.seed,
+    )
+    started = time.monotonic()
+    try:
+        fleet.start(workers=args.workers, sandbox_args=[*SANDBOX_FAULTS, "--seed", str(args.seed)])
+        load = plan_load(triggers, uuid.uuid4().hex[:8], rng)
+        verdict, events = _run(fleet, load, plan, rng, size)
+    finally:
+        fleet.stop()
+    report: dict[str, Any] = {
+        "verdict": verdict.as_dict(),
+        "events": events,
+        "seed": args.seed,
+        "triggers": triggers,
+        "workers": args.workers,
+        "clock_skew": load.clock_skew,
+        "reused_keys": load.reused,
+        "plan": plan.__dict__,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "logs": None if verdict.ok else str(workdir),  # kept only when a check failed
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    print(verdict.line(), flush=True)
+    for check, kept in verdict.checks.items():
+        if not kept:
+            print(f"chaos: FAILED {check}", file=sys.stderr)
+    print(
+        f"chaos: {report['elapsed_s']} s, clock skew {load.clock_skew}, "
+        f"duplicates by cause {verdict.details['duplicates_by_cause']}, "
+        f"DLQ by reason {verdict.details['dlq_by_reason']}",
+        file=sys.stderr,
+    )
+    if verdict.ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"chaos: worker logs kept in {workdir}", file=sys.stderr)
+    return 0 if verdict.ok else 1
+
+
+def _run(
+    fleet: ChaosFleet, load: Load, plan: FaultPlan, rng: random.Random, size: dict[str, float]
+) -> tuple[Verdict, list[dict[str, Any]]]:
+    assert fleet.sandbox is not None
+    sandbox = fleet.sandbox
+    # every request for the poison campaign is refused, redeliveries included
+    rejection = {"status": 400, "body": {"error": "campaign is not API-triggered"}}
+    sandbox.script(load.poison_campaign, *[rejection] * (10 * len(load.rejected_keys)))
+    send(load, fleet.producer_env, fleet.workdir, fleet.broker.url, fleet.queue)
+    print(f"chaos: sent {load.sent} ({load.clock_skew} for one producer in ten)", file=sys.stderr)
+
+    def progress() -> float:
+        stats = sandbox.http.get("/_sandbox/stats", params={"campaign_id": load.campaign})
+        return int(stats.json()["by_status"].get("200", 0)) / len(load.unique_keys)
+
+    driver = FaultDriver(fleet, load.campaign, plan, rng, progress)
+    driver.run()
+    conn = redis.Redis.from_url(fleet.store.url)
+    try:
+        states = wait_for_drain(
+            conn, fleet.prefix, load, timeout_s=size["drain_s"], stall_s=size["stall_s"]
+        )
+        # a held answer lands late; the raw poison is dead-lettered in queue order
+        deadline = time.monotonic() + plan.hold_s + 20
+        while time.monotonic() < deadline and (
+            sandbox.http.get("/_sandbox/in_flight").json()["in_flight"]
+            or sum(load.marker in str(e.get("raw")) for e in dlq_entries(conn, fleet.prefix))
+            < load.raw_count
+        ):
+            time.sleep(1)
+        verdict = judge(
+            load,
+            states,
+            sandbox.requests(load.campaign),
+            dlq_entries(conn, fleet.prefix),
+            ambiguous_counter(conn, fleet.prefix),
+            driver.events,
+        )
+    finally:
+        conn.close()
+    return verdict, [e.as_dict() for e in driver.events]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
