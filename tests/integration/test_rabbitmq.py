@@ -14,9 +14,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import redis
 
+from config.celery_app import amqp_dead_letter_names
+from tasks.dlq import DeadLetterQueue
 from tests.integration.conftest import Fleet
 from tests.integration.processes import SandboxProcess, wait_until
+from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +50,6 @@ def amqp_fleet(amqp_fleets: Callable[..., Fleet]) -> Fleet:
 
 
 def _delete_dead_letter_topology(fleet: Fleet) -> None:
-    from config.celery_app import amqp_dead_letter_names
-
     exchange, parking = amqp_dead_letter_names(fleet.queue)
     with fleet.producer().connection_for_write() as conn:
         channel = conn.default_channel
@@ -173,3 +175,41 @@ def test_rabbitmq_a_message_requeued_past_the_delivery_limit_lands_in_our_dlq_wi
     wait_until(lambda: _done(fleet, campaign, "looping"), 30, "delivery of the replay")
     assert fleet.dlq.entries() == []
     assert len(sandbox.requests(campaign)) == 4
+
+
+def test_rabbitmq_a_message_parked_while_redis_is_down_reaches_our_dlq_once_redis_is_back(
+    amqp_fleets: Callable[..., Fleet],
+    rabbitmq_policy: Callable[[str, dict[str, object]], None],
+    sandbox: SandboxProcess,
+    campaign: str,
+    tmp_path: Path,
+) -> None:
+    # The store's Redis goes away mid-delivery: every delivery after that is put
+    # back (counted by RabbitMQ only) until RabbitMQ parks the message, and the
+    # drain cannot write the DLQ entry either. It must hold the message, not drop it.
+    store = RedisServer(directory=tmp_path / "store", appendonly=True).start()
+    try:
+        fleet = amqp_fleets(REDIS_URL=store.url)
+        rabbitmq_policy(fleet.queue, {"delivery-limit": 2})
+        sandbox.script(campaign, {"status": 429, "delay_ms": 2000})
+        worker = fleet.start_worker(concurrency=1)
+        trigger = {"campaign_id": campaign, "idempotency_key": "outage"}
+        fleet.send(**trigger)
+        wait_until(lambda: sandbox.requests(campaign), 30, "the first request")
+        store.stop()
+
+        wait_until(lambda: "holding it" in worker.log(), 60, "the parked message held")
+        store = RedisServer(port=store.port, directory=tmp_path / "store").start()
+        dlq = DeadLetterQueue(redis.Redis.from_url(store.url), fleet.keys, ttl_s=3600)
+        [entry] = wait_until(lambda: dlq.entries(), 30, "the DLQ entry after Redis is back")
+        assert (entry["reason"], entry["trigger"]) == ("redelivery_limit", trigger)
+
+        worker.stop()  # an unacknowledged parked message would go back to its queue now
+        _, parking = amqp_dead_letter_names(fleet.queue)
+        with fleet.producer().connection_for_write() as conn:
+            assert conn.default_channel.queue_declare(parking, passive=True).message_count == 0
+            assert conn.default_channel.queue_declare(fleet.queue, passive=True).message_count == 0
+        assert len(dlq.entries()) == 1
+        dlq.redis.close()
+    finally:
+        store.stop()
