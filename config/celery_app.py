@@ -187,7 +187,12 @@ def amqp_dead_letter_queue(settings: Settings) -> Any:
 
 
 def check_delivery_limit(settings: Settings, delivery_limit: int) -> None:
-    """Refuse a broker limit RabbitMQ would reach before our own redelivery limit."""
+    """Refuse a broker limit RabbitMQ would reach before our own redelivery limit.
+
+    Only quorum queues have one; a classic queue is never checked.
+    """
+    if settings.clix_amqp_queue_type != "quorum":
+        return
     if delivery_limit < 0:
         raise ConfigurationError(
             "the RabbitMQ delivery limit must not be negative: RabbitMQ 3.x drops a message "

@@ -168,6 +168,12 @@ def test_an_amqp_app_is_refused_when_our_redelivery_limit_reaches_the_broker_lim
         celery_config(settings)
 
 
+def test_a_classic_queue_has_no_broker_limit_to_check(
+    make_settings: Callable[..., Settings],
+) -> None:
+    check_delivery_limit(make_settings(clix_amqp_queue_type="classic"), 1)
+
+
 # --- the drain ----------------------------------------------------------------------------
 
 
