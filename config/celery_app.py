@@ -17,6 +17,10 @@ Delivery settings and why:
   100 s), which is what keeps recovery under 120 s.
 * ``result_extended`` stays off and ``task_send_sent_event`` carries only our
   redacted ``kwargsrepr``: payloads never reach the result backend or Flower.
+* RabbitMQ quorum queue: an explicit ``x-delivery-limit`` and a dead-letter
+  route, so a message RabbitMQ stops redelivering is parked, never dropped
+  (see :func:`amqp_queue_arguments`; the worker drains the parking queue into
+  our DLQ, :mod:`worker.broker_dead_letters`).
 """
 
 from __future__ import annotations
@@ -25,12 +29,38 @@ from typing import Any
 
 from celery import Celery
 
-from config.settings import Settings, get_settings
+from config.settings import ConfigurationError, Settings, get_settings
 
-__all__ = ["TASK_NAME", "app", "app_settings", "celery_config"]
+__all__ = [
+    "AMQP_DELIVERY_LIMIT",
+    "TASK_NAME",
+    "amqp_dead_letter_names",
+    "amqp_dead_letter_queue",
+    "amqp_queue_arguments",
+    "app",
+    "app_settings",
+    "celery_config",
+    "check_delivery_limit",
+    "is_amqp",
+]
 
 #: Registered name of the task: part of the public contract.
 TASK_NAME = "trigger_campaign"
+
+#: RabbitMQ quorum queues: deliveries of one message before RabbitMQ dead-letters
+#: it (``x-delivery-limit``; it is delivered once more than this). RabbitMQ counts
+#: every ``basic.reject`` with requeue and every return after a lost channel,
+#: including the requeues our own ledger does not count (open breaker, 429
+#: budget spent, Redis down: about one per second and message), so it must stay
+#: far above ``CLIX_REDELIVERY_LIMIT``; 4.x would otherwise apply 20, 3.x none.
+#: What passes it is parked, not lost. 0 declares no limit arguments at all (an
+#: operator sets them with a policy instead). To become the setting
+#: ``CLIX_AMQP_DELIVERY_LIMIT`` (deliveries, default 1000, 0 = policy).
+AMQP_DELIVERY_LIMIT = 1000
+
+#: The parking queue's own limit: a parked message goes back only when the
+#: channel of the worker draining it dies, so it is never reached in practice.
+_PARKING_DELIVERY_LIMIT = 1000
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -67,9 +97,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # application that configures its own app (or a test) is consistent.
         "clix_settings": settings,
     }
-    if settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+    if is_amqp(settings):
         config.update(_amqp_config(settings))
     return config
+
+
+def is_amqp(settings: Settings) -> bool:
+    """Whether the broker is RabbitMQ (AMQP)."""
+    return settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
 
 
 def _amqp_config(settings: Settings) -> dict[str, Any]:
@@ -82,7 +117,8 @@ def _amqp_config(settings: Settings) -> dict[str, Any]:
     from kombu.entity import Exchange, Queue
 
     name = settings.clix_queue
-    arguments = {"x-queue-type": settings.clix_amqp_queue_type}
+    check_delivery_limit(settings, AMQP_DELIVERY_LIMIT)
+    arguments = amqp_queue_arguments(settings, AMQP_DELIVERY_LIMIT)
     exchange = Exchange(name, type="direct", durable=True)  # type: ignore[no-untyped-call]
     queue = Queue(  # type: ignore[no-untyped-call]
         name, exchange, routing_key=name, durable=True, queue_arguments=arguments
@@ -92,6 +128,82 @@ def _amqp_config(settings: Settings) -> dict[str, Any]:
         # a publish returns only once RabbitMQ has the message
         "broker_transport_options": {"confirm_publish": True},
     }
+
+
+def amqp_dead_letter_names(queue: str) -> tuple[str, str]:
+    """The dead-letter exchange and the parking queue of the trigger queue ``queue``."""
+    return f"{queue}.dlx", f"{queue}.redelivery-limit"
+
+
+def amqp_queue_arguments(settings: Settings, delivery_limit: int) -> dict[str, Any]:
+    """Arguments of the trigger queue.
+
+    A quorum queue gets an explicit ``x-delivery-limit`` and dead-letters what
+    passes it to :func:`amqp_dead_letter_names`' exchange, routed by the queue's
+    name, *at least once*: RabbitMQ keeps the message in the trigger queue until
+    the parking queue confirms it (at-most-once, the default, can lose it in
+    transit), which requires ``x-overflow: reject-publish`` (no length limit is
+    set, so nothing is ever refused for it). A classic queue has no delivery
+    limit and never drops a requeued message: only its type is declared.
+    """
+    arguments: dict[str, Any] = {"x-queue-type": settings.clix_amqp_queue_type}
+    if settings.clix_amqp_queue_type != "quorum" or delivery_limit == 0:
+        return arguments
+    exchange, _ = amqp_dead_letter_names(settings.clix_queue)
+    arguments.update(
+        {
+            "x-delivery-limit": delivery_limit,
+            "x-dead-letter-exchange": exchange,
+            "x-dead-letter-routing-key": settings.clix_queue,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    )
+    return arguments
+
+
+def amqp_dead_letter_queue(settings: Settings) -> Any:
+    """The parking queue (a kombu ``Queue`` bound to the dead-letter exchange).
+
+    Same type as the trigger queue, with an explicit delivery limit of its own
+    (else 4.x applies 20) and no dead-letter route: nothing is requeued from it
+    on purpose. Never ``-1``: RabbitMQ 3.x drops a message at its first requeue
+    under a negative limit (4.x reads it as "unlimited").
+    """
+    from kombu.entity import Exchange, Queue
+
+    exchange_name, name = amqp_dead_letter_names(settings.clix_queue)
+    arguments: dict[str, Any] = {"x-queue-type": settings.clix_amqp_queue_type}
+    if settings.clix_amqp_queue_type == "quorum":
+        arguments["x-delivery-limit"] = _PARKING_DELIVERY_LIMIT
+    exchange = Exchange(exchange_name, type="direct", durable=True)  # type: ignore[no-untyped-call]
+    return Queue(  # type: ignore[no-untyped-call]
+        name,
+        exchange,
+        routing_key=settings.clix_queue,
+        durable=True,
+        queue_arguments=arguments,
+    )
+
+
+def check_delivery_limit(settings: Settings, delivery_limit: int) -> None:
+    """Refuse a broker limit RabbitMQ would reach before our own redelivery limit.
+
+    Only quorum queues have one; a classic queue is never checked.
+    """
+    if settings.clix_amqp_queue_type != "quorum":
+        return
+    if delivery_limit < 0:
+        raise ConfigurationError(
+            "the RabbitMQ delivery limit must not be negative: RabbitMQ 3.x drops a message "
+            "at its first requeue then"
+        )
+    if 0 < delivery_limit <= settings.clix_redelivery_limit:
+        raise ConfigurationError(
+            f"CLIX_REDELIVERY_LIMIT ({settings.clix_redelivery_limit}) must be below the "
+            f"RabbitMQ delivery limit ({delivery_limit}): RabbitMQ would dead-letter a message "
+            "before the worker counts it as poison"
+        )
 
 
 def app_settings(celery_app: Celery) -> Settings:

@@ -5,13 +5,17 @@ decoded, and rejects (drops) one that is malformed or names an unknown task:
 the message is gone. Here each of those first lands in the dead-letter queue
 with reason ``invalid_payload`` and its raw body, then is acknowledged; if the
 DLQ cannot be written the message goes back to the queue instead.
+
+Its blueprint adds :class:`worker.broker_dead_letters.BrokerDeadLetterDrain`:
+on RabbitMQ, what the broker dead-letters at its delivery limit reaches the DLQ
+too.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from celery.worker.consumer import Consumer
 
@@ -38,6 +42,14 @@ def raw_text(body: object) -> str:
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, with poison messages routed to the DLQ instead of dropped."""
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        """Celery's consumer steps, plus the drain of RabbitMQ's parking queue."""
+
+        default_steps: ClassVar[list[str]] = [
+            *Consumer.Blueprint.default_steps,
+            "worker.broker_dead_letters:BrokerDeadLetterDrain",
+        ]
 
     def _dead_letter_queue(self) -> DeadLetterQueue:
         # the main process's context: one Redis pool shared with the reconciler
