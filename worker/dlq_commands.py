@@ -39,7 +39,7 @@ def _describe(entry: dict[str, Any]) -> str:
 def _for_display(entries: list[dict[str, Any]], settings: Settings, show_pii: bool) -> Any:
     """Entries with pii properties redacted (unless ``--show-pii``)."""
     from tasks.context import plan_registry
-    from tasks.dlq import shown
+    from tasks.dlq_display import shown
 
     if show_pii:
         return entries
@@ -102,10 +102,10 @@ def dlq_replay(entry_ids: tuple[str, ...], select_all: bool, as_json: bool) -> N
     failed = False
     for entry_id in _selected(queue, entry_ids, select_all):
         try:
-            task_id = queue.replay(
+            done = queue.replay(
                 entry_id, lambda kwargs: str(trigger_campaign.apply_async(kwargs=kwargs).id)
             )
-            results.append({"id": entry_id, "replayed": True, "task_id": task_id})
+            results.append({"id": entry_id, "replayed": True, "task_id": done.task_id})
         except (ReplayRefused, InvalidTrigger) as exc:
             failed = True
             results.append({"id": entry_id, "replayed": False, "error": str(exc)})
