@@ -214,6 +214,13 @@ class DeadLetterQueue:
         raw = self.redis.hget(self.keys.dlq_entries, entry_id)
         return None if raw is None else dict(json.loads(raw))
 
+    def get_many(self, entry_ids: list[str]) -> Iterator[dict[str, Any] | None]:
+        """The entries of ``entry_ids`` in order (``None`` for one not there), a page at a time."""
+        for start in range(0, len(entry_ids), PAGE):
+            page = entry_ids[start : start + PAGE]
+            for raw in self.redis.hmget(self.keys.dlq_entries, page):
+                yield None if raw is None else dict(json.loads(raw))
+
     def entries(
         self, selection: Selection | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:

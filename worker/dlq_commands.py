@@ -213,13 +213,21 @@ def _targets(
 def _dry_run(
     queue: DeadLetterQueue, verb: str, chosen: list[str], missing: list[str], as_json: bool
 ) -> None:
-    lines = [_describe(e) for e in (queue.get(i) for i in chosen) if e is not None]
+    """Print what ``verb`` would touch and the count, then exit as the real run would."""
+    entries = [e for e in queue.get_many(chosen) if e is not None]
+    lines = [_describe(e) for e in entries]
+    # undecodable messages are counted, but a replay would refuse them
+    refused = [e["id"] for e in entries if verb == "replay" and not isinstance(e["trigger"], dict)]
     lines.append(f"would {verb} {len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'}")
+    if refused:
+        lines.append(f"cannot be replayed (undecodable): {', '.join(refused)}")
     if missing:
         lines.append(f"not in the DLQ: {', '.join(missing)}")
     data = {"dry_run": True, "count": len(chosen), "ids": chosen, "missing": missing}
+    if verb == "replay":
+        data["refused"] = refused
     emit(data, as_json, "\n".join(lines))
-    sys.exit(RET_FAILED if missing else RET_OK)
+    sys.exit(RET_FAILED if missing or refused else RET_OK)
 
 
 def _stopped(run: BulkRun, verb: str) -> None:

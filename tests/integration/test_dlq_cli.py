@@ -198,6 +198,7 @@ def test_dlq_filters_choose_what_list_replay_purge_and_stats_touch(
         "count": 2,
         "ids": [recent, elsewhere],
         "missing": [],
+        "refused": [],
     }
     human_dry = cli(fleet.env, "dlq", "purge", "--all", "--dry-run")
     assert human_dry.returncode == 0
@@ -283,6 +284,10 @@ def test_dlq_show_and_list_hide_personal_data_in_raw_bodies(
         assert "ada@example.com" not in shown.stdout
         assert "[redacted]" in shown.stdout
     assert "ada@example.com" in cli(fleet.env, "dlq", "show", entry_id, "--show-pii").stdout
+    dry = cli(fleet.env, "dlq", "replay", entry_id, "--dry-run", "--json")
+    assert dry.returncode == 1  # as the replay itself: an undecodable message is refused
+    assert json.loads(dry.stdout)["refused"] == [entry_id]
+    assert fleet.dlq.ids() == [entry_id]
 
 
 def test_bulk_replay_interrupted_then_run_again_queues_every_trigger_once(

@@ -610,3 +610,12 @@ def test_replay_runs_twice_in_a_row_publish_once(
     with pytest.raises(ReplayRefused, match="no DLQ entry"):
         dlq.replay(entry_id, lambda kwargs: published.append(kwargs) or "t")  # type: ignore[func-returns-value]
     assert len(published) == 1
+
+
+def test_get_many_returns_entries_in_the_order_asked_with_none_for_missing(
+    dlq: DeadLetterQueue,
+) -> None:
+    first = dlq.add(make_entry(dlq, Scope("p", "c", "k1")))
+    second = dlq.add(make_entry(dlq, Scope("p", "c", "k2")))
+    found = list(dlq.get_many([second, "0000000000000-missing", first]))
+    assert [e and e["id"] for e in found] == [second, None, first]
