@@ -15,6 +15,7 @@ key                                   type     meaning, lifetime
 ``{p}:dlq:entries``                   hash     DLQ entry id -> entry JSON; durable
 ``{p}:dlq:index``                     zset     DLQ entry ids by failure time (ms)
 ``{p}:dlq:unscoped``                  hash     fingerprint of an entry without scope -> its id
+``{p}:dlq:replaying``                 hash     entry id -> what its replay cleared, until it is gone
 ``{p}:stats``                         hash     fleet-wide counters (ambiguous duplicates...)
 ``{p}:pending:{campaign}:{key}``      string   accepted, not yet done/dead: kwargs; TTL
 ``{p}:pending-index``                 zset     pending record keys by enqueue time (ms)
@@ -122,6 +123,11 @@ class KeySpace:
     def dlq_unscoped(self) -> str:
         """Hash of entry ids by fingerprint, for entries no ledger scope makes unique."""
         return f"{self.prefix}:dlq:unscoped"
+
+    @property
+    def dlq_replaying(self) -> str:
+        """Hash of entries being replayed: the delivery count and mark TTL their replay cleared."""
+        return f"{self.prefix}:dlq:replaying"
 
     def ratelimit(self, project_id: str) -> str:
         """The fleet-wide rate limiter of a project."""

@@ -26,8 +26,11 @@ Replay never loses or doubles a trigger:
    (unless a worker already took the copy), and the entry stays;
 3. *finish* (atomic): remove the entry.
 
-Killed after 1 the entry stays and a re-run publishes it; killed after 2 a
-re-run finds the trigger back in the pipeline and only removes the entry.
+What step 1 cleared is recorded with the entry until it goes, so every step
+is safe to repeat (the store client repeats a command whose reply a dropped
+connection lost). Killed after 1 the entry stays and a re-run publishes it
+(and still restores the mark if that publish fails); killed after 2 a re-run
+finds the trigger back in the pipeline and only removes the entry.
 Purge removes entries and frees their scope but keeps the delivery count, so
 a message that crashed workers gets no fresh budget if it comes back.
 
@@ -297,7 +300,10 @@ class DeadLetterQueue:
         except BaseException:
             if scope is not None and step[1]:  # we cleared the mark: put it back
                 pttl_ms = int(step[2]) if int(step[2]) > 0 else self.ttl_s * 1000
-                self._abort(keys=self.keys.scope_keys(scope)[:4], args=[entry_id, pttl_ms, step[1]])
+                self._abort(
+                    keys=[*self.keys.scope_keys(scope)[:4], self.keys.dlq_replaying],
+                    args=[entry_id, pttl_ms, step[1]],
+                )
             raise
         self._remove_entry(entry)
         return Replayed(entry_id, "replayed", task_id=task_id)
@@ -317,7 +323,10 @@ class DeadLetterQueue:
     def _begin_replay(self, entry: dict[str, Any], scope: Scope | None) -> list[str]:
         if scope is not None:
             keys = self.keys.scope_keys(scope)
-            reply = self._begin(keys=[self.keys.dlq_entries, *keys[:5]], args=[entry["id"]])
+            reply = self._begin(
+                keys=[self.keys.dlq_entries, *keys[:5], self.keys.dlq_replaying],
+                args=[entry["id"]],
+            )
             return [as_text(part) for part in reply]
         # no project: no ledger state to consult, only the pending record
         pipe = self.redis.pipeline(transaction=False)
@@ -331,7 +340,12 @@ class DeadLetterQueue:
         return ["queued"] if pending and pending[0] else ["publish", "", ""]
 
     def _remove_entry(self, entry: dict[str, Any], *, clear_mark: bool = False) -> bool:
-        keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_unscoped]
+        keys = [
+            self.keys.dlq_entries,
+            self.keys.dlq_index,
+            self.keys.dlq_unscoped,
+            self.keys.dlq_replaying,
+        ]
         scope = scope_of(entry)
         if clear_mark and scope is not None:
             keys.append(self.keys.dead(scope))

@@ -49,29 +49,38 @@ end
 return ARGV[1]
 """
 
-# KEYS: entries, lease, done, dead, meta, pending.  ARGV: id.
-# Step 1 of a replay: {'publish', deliveries, mark_pttl} after clearing this entry's mark
-# (deliveries '' when no mark was cleared), or why the trigger needs no publish.
+# KEYS: entries, lease, done, dead, meta, pending, replaying.  ARGV: id.
+# Step 1 of a replay: {'publish', deliveries, mark_pttl} (deliveries '' when no mark was
+# cleared, '-' when the scope had no count), or why the trigger needs no publish. What
+# was cleared is kept in `replaying` until the entry goes, so a begin repeated (a lost
+# reply, a run killed before its publish) still knows what to put back.
 REPLAY_BEGIN = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'missing'} end
 local mark = redis.call('GET', KEYS[4])
 if mark == ARGV[1] then
-  local pttl = redis.call('PTTL', KEYS[4])
+  local pttl = tostring(redis.call('PTTL', KEYS[4]))
   redis.call('DEL', KEYS[4])
-  local deliveries = redis.call('HGET', KEYS[5], 'deliveries')
-  if deliveries then redis.call('HSET', KEYS[5], 'deliveries', '0') end
-  return {'publish', deliveries or '-', tostring(pttl)}
+  local deliveries = redis.call('HGET', KEYS[5], 'deliveries') or '-'
+  if deliveries ~= '-' then redis.call('HSET', KEYS[5], 'deliveries', '0') end
+  redis.call('HSET', KEYS[7], ARGV[1], deliveries .. ' ' .. pttl)
+  return {'publish', deliveries, pttl}
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'done'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'in_flight'} end
 if mark then return {'superseded', mark} end
 if redis.call('EXISTS', KEYS[6]) == 1 then return {'queued'} end
+local began = redis.call('HGET', KEYS[7], ARGV[1])
+if began then
+  local deliveries, pttl = string.match(began, '^(%S+) (%S+)$')
+  return {'publish', deliveries, pttl}
+end
 return {'publish', '', ''}
 """
 
-# KEYS: lease, done, dead, meta.  ARGV: id, mark_pttl_ms, deliveries.
+# KEYS: lease, done, dead, meta, replaying.  ARGV: id, mark_pttl_ms, deliveries.
 # A publish failed: put the mark back, unless a worker already took a copy.
 REPLAY_ABORT = """
+redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2], 'NX') and ARGV[3] ~= '-' then
   if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('HSET', KEYS[4], 'deliveries', ARGV[3]) end
@@ -79,12 +88,14 @@ end
 return 1
 """
 
-# KEYS: entries, index, unscoped [, dead].  ARGV: id, fingerprint.
-# Remove an entry (and its fingerprint; with a dead key, its mark): 1 if it was there.
+# KEYS: entries, index, unscoped, replaying [, dead].  ARGV: id, fingerprint.
+# Remove an entry (its fingerprint, its replay record; with a dead key, its mark):
+# 1 if it was there.
 REMOVE = """
+redis.call('HDEL', KEYS[4], ARGV[1])
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('HGET', KEYS[3], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[3], ARGV[2]) end
-if #KEYS >= 4 and redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+if #KEYS >= 5 and redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 return 1
 """

@@ -8,6 +8,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
 from config.keys import KeySpace, Scope
 from tasks.dlq import REASONS, DeadLetterQueue, iso_time, scope_of
@@ -619,3 +620,35 @@ def test_get_many_returns_entries_in_the_order_asked_with_none_for_missing(
     second = dlq.add(make_entry(dlq, Scope("p", "c", "k2")))
     found = list(dlq.get_many([second, "0000000000000-missing", first]))
     assert [e and e["id"] for e in found] == [second, None, first]
+
+
+def test_a_replay_cut_off_before_it_could_restore_the_mark_restores_it_when_run_again(
+    dlq: DeadLetterQueue,
+    store: IdempotencyStore,
+    scope: Scope,
+    keys: KeySpace,
+    fake_redis: fakeredis.FakeRedis,
+    fake_server: fakeredis.FakeServer,
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+    fake_redis.hset(keys.meta(scope), "deliveries", "4")
+
+    def publish_and_lose_the_store(kwargs: dict[str, Any]) -> str:
+        fake_server.connected = False  # the mark cannot be put back: as if killed here
+        raise ConnectionError("broker down")
+
+    with pytest.raises(redis.exceptions.ConnectionError):  # the store lost while putting back
+        dlq.replay(entry_id, publish_and_lose_the_store)
+    fake_server.connected = True
+    assert store.status(scope).dead_entry_id is None
+
+    def broker_still_down(kwargs: dict[str, Any]) -> str:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        dlq.replay(entry_id, broker_still_down)
+    assert store.status(scope).dead_entry_id == entry_id
+    assert fake_redis.hget(keys.meta(scope), "deliveries") == b"4"
+    assert dlq.ids() == [entry_id]
