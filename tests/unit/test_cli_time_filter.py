@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from worker.time_filter import TimeFilter, parse_instant
+from worker.cli.time_filter import TimeFilter, parse_instant
 
 NOW = datetime(2026, 12, 1, 18, 0, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from worker.bulk import BulkRun
+from worker.cli.bulk import BulkRun
 
 
 def test_a_run_visits_every_item_in_order() -> None:
