@@ -40,18 +40,23 @@ Reasons: ``invalid_payload``, ``rejected``, ``retries_exhausted``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from config.keys import KeySpace, Scope, as_text
+from tasks.dlq_entry import (
+    RAW_MAX_BYTES,
+    REASONS,
+    build_entry,
+    fingerprint,
+    iso_time,
+    scope_of,
+)
 from tasks.dlq_scripts import (
     DEAD_LETTER_SCOPED,
     DEAD_LETTER_UNSCOPED,
@@ -71,19 +76,8 @@ __all__ = [
     "scope_of",
 ]
 
-REASONS = ("invalid_payload", "rejected", "retries_exhausted", "redelivery_limit")
-
-#: Default cap of a stored ``raw`` body: enough to see what a bad message is,
-#: not a 10 MB payload per entry in the store's memory.
-RAW_MAX_BYTES = 64 * 1024
-
 #: Entries read per round trip when a filter needs their content.
 PAGE = 500
-
-
-def iso_time(epoch_s: float) -> str:
-    """UTC ISO-8601 with milliseconds, as DLQ entries show times."""
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,33 +137,19 @@ class DeadLetterQueue:
         A ``raw`` body longer than ``raw_max_bytes`` (UTF-8) is cut there; the
         entry then says ``raw_truncated`` and the full size in ``raw_bytes``.
         """
-        if reason not in REASONS:
-            raise ValueError(f"unknown DLQ reason {reason!r}")
-        now = self._clock()
-        kwargs = trigger if isinstance(trigger, dict) else {}
-        entry: dict[str, Any] = {
-            "id": f"{int(now * 1000):013d}-{uuid.uuid4().hex[:8]}",
-            "campaign_id": _str_or_none(kwargs.get("campaign_id")),
-            "idempotency_key": _str_or_none(kwargs.get("idempotency_key")),
-            "reason": reason,
-            "status_code": status_code,
-            "error": error,
-            "attempts": attempts,
-            "first_seen": iso_time(first_seen if first_seen is not None else now),
-            "failed_at": iso_time(now),
-            "trigger": trigger,
-            "project_id": project_id,
-            "task_id": task_id,
-        }
-        if raw is not None:
-            data = raw.encode("utf-8", "surrogatepass")
-            if len(data) > self.raw_max_bytes:
-                entry["raw"] = data[: self.raw_max_bytes].decode("utf-8", "ignore")
-                entry["raw_truncated"] = True
-                entry["raw_bytes"] = len(data)
-            else:
-                entry["raw"] = raw
-        return entry
+        return build_entry(
+            now=self._clock(),
+            raw_max_bytes=self.raw_max_bytes,
+            reason=reason,
+            error=error,
+            trigger=trigger,
+            status_code=status_code,
+            attempts=attempts,
+            first_seen=first_seen,
+            project_id=project_id,
+            task_id=task_id,
+            raw=raw,
+        )
 
     def add(self, entry: dict[str, Any], *, scope: Scope | None = None, owner: str = "") -> str:
         """Store ``entry``; return its id.
@@ -350,26 +330,3 @@ class DeadLetterQueue:
         if clear_mark and scope is not None:
             keys.append(self.keys.dead(scope))
         return bool(self._remove(keys=keys, args=[entry["id"], fingerprint(entry)]))
-
-
-def fingerprint(entry: dict[str, Any]) -> str:
-    """What makes an entry without a scope the same message: reason, task id, trigger, raw."""
-    identity = [entry.get(k) for k in ("reason", "task_id", "trigger", "raw", "project_id")]
-    encoded = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def scope_of(entry: dict[str, Any]) -> Scope | None:
-    """The ledger scope an entry marked dead, if it had one."""
-    project, campaign, key = (
-        entry.get("project_id"),
-        entry.get("campaign_id"),
-        entry.get("idempotency_key"),
-    )
-    if isinstance(project, str) and isinstance(campaign, str) and isinstance(key, str):
-        return Scope(project, campaign, key)
-    return None
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
