@@ -14,6 +14,8 @@ key                                   type     meaning, lifetime
 ``{p}:meta:{scope}``                  hash     deliveries, attempts, first_seen, sending; TTL
 ``{p}:dlq:entries``                   hash     DLQ entry id -> entry JSON; durable
 ``{p}:dlq:index``                     zset     DLQ entry ids by failure time (ms)
+``{p}:dlq:unscoped``                  hash     fingerprint of an entry without scope -> its id
+``{p}:dlq:replaying``                 hash     entry id -> what its replay cleared, until it is gone
 ``{p}:stats``                         hash     fleet-wide counters (ambiguous duplicates...)
 ``{p}:pending:{campaign}:{key}``      string   accepted, not yet done/dead: kwargs; TTL
 ``{p}:pending-index``                 zset     pending record keys by enqueue time (ms)
@@ -116,6 +118,16 @@ class KeySpace:
     def dlq_index(self) -> str:
         """Sorted set of DLQ entry ids, scored by failure time in ms."""
         return f"{self.prefix}:dlq:index"
+
+    @property
+    def dlq_unscoped(self) -> str:
+        """Hash of entry ids by fingerprint, for entries no ledger scope makes unique."""
+        return f"{self.prefix}:dlq:unscoped"
+
+    @property
+    def dlq_replaying(self) -> str:
+        """Hash of entries being replayed: the delivery count and mark TTL their replay cleared."""
+        return f"{self.prefix}:dlq:replaying"
 
     def ratelimit(self, project_id: str) -> str:
         """The fleet-wide rate limiter of a project."""

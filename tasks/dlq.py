@@ -2,17 +2,37 @@
 
 Entries live in the store's Redis (durable when Redis runs with AOF): a hash of
 entry JSON by id and a sorted set of ids by failure time, so listing is oldest
-first. An entry holds the original task kwargs (enough to replay unchanged),
-the reason, the error, the last HTTP status, the attempt count and times. A
-message that never decoded keeps its ``raw`` body instead and cannot be
-replayed.
+first and a time window is one ``ZRANGEBYSCORE``. An entry holds the original
+task kwargs (enough to replay unchanged), the reason, the error, the last HTTP
+status, the attempt count and times. A message that never decoded keeps its
+``raw`` body instead (capped at ``raw_max_bytes``) and cannot be replayed.
 
 Dead-lettering a trigger is one atomic step with the ledger: the entry is
 written, the scope is marked dead and the lease dropped together, so a copy of
 the message that waits on the lease sees "dead" and stops, and nothing is ever
-both in flight and in the DLQ. Replay clears the mark, publishes, then removes
-the entry: a crash in between leaves the entry in place and the second publish
-is harmless, because the ledger dedupes by key.
+both in flight and in the DLQ. An entry without a scope (a message that never
+decoded, a trigger without valid ids) is stored once per fingerprint, so the
+same message dead-lettered again (its acknowledgement was lost) is not a
+second entry.
+
+Replay never loses or doubles a trigger:
+
+1. *begin* (atomic): if the entry still holds its scope's dead mark, clear it
+   (a copy published next must be claimable at once) and start a fresh
+   redelivery budget; if the trigger is already back in the pipeline (done,
+   in flight, queued, or dead-lettered again as a newer entry: what an
+   interrupted replay leaves), publish nothing;
+2. *publish*; if that fails, the mark and the delivery count are put back
+   (unless a worker already took the copy), and the entry stays;
+3. *finish* (atomic): remove the entry.
+
+What step 1 cleared is recorded with the entry until it goes, so every step
+is safe to repeat (the store client repeats a command whose reply a dropped
+connection lost). Killed after 1 the entry stays and a re-run publishes it
+(and still restores the mark if that publish fails); killed after 2 a re-run
+finds the trigger back in the pipeline and only removes the entry.
+Purge removes entries and frees their scope but keeps the delivery count, so
+a message that crashed workers gets no fresh budget if it comes back.
 
 Reasons: ``invalid_payload``, ``rejected``, ``retries_exhausted``,
 ``redelivery_limit``.
@@ -22,52 +42,58 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from config.keys import KeySpace, Scope, as_text
+from tasks.dlq_entry import (
+    RAW_MAX_BYTES,
+    REASONS,
+    build_entry,
+    fingerprint,
+    iso_time,
+    scope_of,
+)
+from tasks.dlq_scripts import (
+    DEAD_LETTER_SCOPED,
+    DEAD_LETTER_UNSCOPED,
+    REMOVE,
+    REPLAY_ABORT,
+    REPLAY_BEGIN,
+)
+from tasks.dlq_selection import DlqStats, Selection, count_entries
 from tasks.errors import ReplayRefused
-from tasks.pii import redact
 
-__all__ = ["REASONS", "DeadLetterQueue", "iso_time", "shown"]
+__all__ = [
+    "RAW_MAX_BYTES",
+    "REASONS",
+    "DeadLetterQueue",
+    "Replayed",
+    "iso_time",
+    "scope_of",
+]
 
-REASONS = ("invalid_payload", "rejected", "retries_exhausted", "redelivery_limit")
-
-# KEYS: entries, index, lease, done, dead, meta, pending, pending index.
-# ARGV: id, entry, score_ms, owner, ttl_s.  In the DLQ and no longer pending, in one step.
-_DEAD_LETTER_SCOPED = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('DEL', KEYS[7])
-redis.call('ZREM', KEYS[8], KEYS[7])
-local holder = redis.call('GET', KEYS[3])
-if (not holder) or holder == ARGV[4] then
-  redis.call('DEL', KEYS[3])
-  if redis.call('EXISTS', KEYS[4]) == 0 then
-    redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[5])
-  end
-  redis.call('HSET', KEYS[6], 'sending', '0')
-end
-return 1
-"""
-
-# KEYS: dead, meta.  ARGV: entry id.  Forget the dead mark of this entry only.
-_UNMARK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'deliveries', '0')
-end
-return 1
-"""
+#: Entries read per round trip when a filter needs their content.
+PAGE = 500
 
 
-def iso_time(epoch_s: float) -> str:
-    """UTC ISO-8601 with milliseconds, as DLQ entries show times."""
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What replaying one entry did; the entry is gone from the DLQ in every case.
+
+    ``outcome`` is ``replayed`` (published as ``task_id``), or why nothing had
+    to be published: ``done`` (the key was delivered), ``in_flight``,
+    ``queued`` (a copy is waiting, e.g. from an interrupted replay) or
+    ``superseded`` (the key was dead-lettered again as ``newer_entry_id``).
+    """
+
+    entry_id: str
+    outcome: str
+    task_id: str | None = None
+    newer_entry_id: str | None = None
 
 
 class DeadLetterQueue:
@@ -79,14 +105,19 @@ class DeadLetterQueue:
         keys: KeySpace,
         *,
         ttl_s: int,
+        raw_max_bytes: int = RAW_MAX_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis_client
         self.keys = keys
         self.ttl_s = ttl_s
+        self.raw_max_bytes = raw_max_bytes
         self._clock = clock
-        self._scoped = redis_client.register_script(_DEAD_LETTER_SCOPED)
-        self._unmark = redis_client.register_script(_UNMARK)
+        self._scoped = redis_client.register_script(DEAD_LETTER_SCOPED)
+        self._unscoped = redis_client.register_script(DEAD_LETTER_UNSCOPED)
+        self._begin = redis_client.register_script(REPLAY_BEGIN)
+        self._abort = redis_client.register_script(REPLAY_ABORT)
+        self._remove = redis_client.register_script(REMOVE)
 
     def new_entry(
         self,
@@ -101,80 +132,131 @@ class DeadLetterQueue:
         task_id: str | None = None,
         raw: str | None = None,
     ) -> dict[str, Any]:
-        """Build an entry (not yet stored) with the fields of DESIGN.md section 4."""
-        if reason not in REASONS:
-            raise ValueError(f"unknown DLQ reason {reason!r}")
-        now = self._clock()
-        kwargs = trigger if isinstance(trigger, dict) else {}
-        entry: dict[str, Any] = {
-            "id": f"{int(now * 1000):013d}-{uuid.uuid4().hex[:8]}",
-            "campaign_id": _str_or_none(kwargs.get("campaign_id")),
-            "idempotency_key": _str_or_none(kwargs.get("idempotency_key")),
-            "reason": reason,
-            "status_code": status_code,
-            "error": error,
-            "attempts": attempts,
-            "first_seen": iso_time(first_seen if first_seen is not None else now),
-            "failed_at": iso_time(now),
-            "trigger": trigger,
-            "project_id": project_id,
-            "task_id": task_id,
-        }
-        if raw is not None:
-            entry["raw"] = raw
-        return entry
+        """Build an entry (not yet stored) with the fields of DESIGN.md section 4.
+
+        A ``raw`` body longer than ``raw_max_bytes`` (UTF-8) is cut there; the
+        entry then says ``raw_truncated`` and the full size in ``raw_bytes``.
+        """
+        return build_entry(
+            now=self._clock(),
+            raw_max_bytes=self.raw_max_bytes,
+            reason=reason,
+            error=error,
+            trigger=trigger,
+            status_code=status_code,
+            attempts=attempts,
+            first_seen=first_seen,
+            project_id=project_id,
+            task_id=task_id,
+            raw=raw,
+        )
 
     def add(self, entry: dict[str, Any], *, scope: Scope | None = None, owner: str = "") -> str:
-        """Store ``entry``; with a ``scope``, mark it dead and drop ``owner``'s lease atomically.
+        """Store ``entry``; return its id.
 
-        Either way the trigger's pending record (if its campaign and key are
-        known) is cleared in the same transaction.
+        With a ``scope``, mark the scope dead and drop ``owner``'s lease in the
+        same step. Without one, the entry is stored once per fingerprint (its
+        reason, task id, trigger and raw body): the id of an entry already
+        stored for the same message is returned instead. Either way the
+        trigger's pending record (if its campaign and key are known) is cleared
+        in the same transaction.
         """
         encoded = json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
         score = int(entry["id"].split("-", 1)[0])
-        if scope is None:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(self.keys.dlq_entries, entry["id"], encoded)
-            pipe.zadd(self.keys.dlq_index, {entry["id"]: score})
-            campaign, key = entry.get("campaign_id"), entry.get("idempotency_key")
-            if isinstance(campaign, str) and isinstance(key, str):
-                pending = self.keys.pending(campaign, key)
-                pipe.delete(pending)
-                pipe.zrem(self.keys.pending_index, pending)
-            pipe.execute()
-        else:
+        if scope is not None:
             self._scoped(
                 keys=[self.keys.dlq_entries, self.keys.dlq_index, *self.keys.scope_keys(scope)],
                 args=[entry["id"], encoded, score, owner, self.ttl_s],
             )
-        return str(entry["id"])
+            return str(entry["id"])
+        keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_unscoped]
+        campaign, key = entry.get("campaign_id"), entry.get("idempotency_key")
+        if isinstance(campaign, str) and isinstance(key, str):
+            keys += [self.keys.pending(campaign, key), self.keys.pending_index]
+        stored = self._unscoped(keys=keys, args=[entry["id"], encoded, score, fingerprint(entry)])
+        return as_text(stored)
 
     def depth(self) -> int:
         """Number of entries."""
         return int(self.redis.zcard(self.keys.dlq_index))
 
-    def ids(self) -> list[str]:
-        """Entry ids, oldest first."""
-        return [as_text(i) for i in self.redis.zrange(self.keys.dlq_index, 0, -1)]
+    def ids(self, selection: Selection | None = None, limit: int | None = None) -> list[str]:
+        """Ids of the selected entries, oldest first (every entry without a selection)."""
+        selection = selection or Selection()
+        if selection.reads_entries:
+            return [str(e["id"]) for e in self.scan(selection, limit)]
+        low, high = selection.score_bounds()
+        if limit is None:
+            found = self.redis.zrangebyscore(self.keys.dlq_index, low, high)
+        else:
+            found = self.redis.zrangebyscore(self.keys.dlq_index, low, high, start=0, num=limit)
+        return [as_text(i) for i in found]
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         """One entry, or ``None``."""
         raw = self.redis.hget(self.keys.dlq_entries, entry_id)
         return None if raw is None else dict(json.loads(raw))
 
-    def entries(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Entries, oldest first."""
-        ids = self.ids()[: limit if limit is not None else None]
-        if not ids:
-            return []
-        raws = self.redis.hmget(self.keys.dlq_entries, ids)
-        return [json.loads(r) for r in raws if r is not None]
+    def get_many(self, entry_ids: list[str]) -> Iterator[dict[str, Any] | None]:
+        """The entries of ``entry_ids`` in order (``None`` for one not there), a page at a time."""
+        for start in range(0, len(entry_ids), PAGE):
+            page = entry_ids[start : start + PAGE]
+            for raw in self.redis.hmget(self.keys.dlq_entries, page):
+                yield None if raw is None else dict(json.loads(raw))
 
-    def replay(self, entry_id: str, publish: Callable[[dict[str, Any]], str]) -> str:
-        """Publish the entry's trigger again, then remove the entry; return the new task id.
+    def entries(
+        self, selection: Selection | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The selected entries, oldest first."""
+        return list(self.scan(selection, limit))
 
-        ``publish`` validates and enqueues (it raises for a trigger that is still
-        invalid, and the entry stays).
+    def scan(
+        self, selection: Selection | None = None, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the selected entries, oldest first, reading a page at a time.
+
+        The index narrows by time; reason and campaign are matched on the
+        entries read. With a ``limit`` and no content filter, exactly the
+        entries shown are read.
+        """
+        selection = selection or Selection()
+        low, high = selection.score_bounds()
+        page = PAGE if limit is None or selection.reads_entries else min(PAGE, limit)
+        offset = found = 0
+        while limit is None or found < limit:
+            ids = [
+                as_text(i)
+                for i in self.redis.zrangebyscore(
+                    self.keys.dlq_index, low, high, start=offset, num=page
+                )
+            ]
+            if not ids:
+                return
+            offset += len(ids)
+            for raw in self.redis.hmget(self.keys.dlq_entries, ids):
+                if raw is None:  # removed since the index was read
+                    continue
+                entry = dict(json.loads(raw))
+                if selection.matches(entry):
+                    yield entry
+                    found += 1
+                    if limit is not None and found >= limit:
+                        return
+            if len(ids) < page:
+                return
+
+    def stats(self, selection: Selection | None = None) -> DlqStats:
+        """The selected entries counted by reason and campaign."""
+        return count_entries(self.scan(selection))
+
+    def replay(self, entry_id: str, publish: Callable[[dict[str, Any]], str]) -> Replayed:
+        """Publish the entry's trigger again unless it is already back; remove the entry.
+
+        ``publish`` validates and enqueues, returning the task id; when it
+        raises (a trigger still invalid, a broker down) the entry stays, with
+        its dead mark, and the error propagates. Safe to re-run after an
+        interruption: a trigger already back in the pipeline is not published
+        twice.
         """
         entry = self.get(entry_id)
         if entry is None:
@@ -185,59 +267,66 @@ class DeadLetterQueue:
                 f"DLQ entry {entry_id} holds a message that could not be decoded; "
                 "it cannot be replayed (inspect it with `dlq show`, then purge it)"
             )
-        self._forget_mark(entry)
-        task_id = publish(trigger)
-        self._remove([entry_id])
-        return task_id
+        scope = scope_of(entry)
+        step = self._begin_replay(entry, scope)
+        if step[0] == "missing":
+            raise ReplayRefused(f"no DLQ entry with id {entry_id!r}")
+        if step[0] != "publish":
+            self._remove_entry(entry)
+            newer = step[1] if step[0] == "superseded" else None
+            return Replayed(entry_id, step[0], newer_entry_id=newer)
+        try:
+            task_id = publish(trigger)
+        except BaseException:
+            if scope is not None and step[1]:  # we cleared the mark: put it back
+                pttl_ms = int(step[2]) if int(step[2]) > 0 else self.ttl_s * 1000
+                self._abort(
+                    keys=[*self.keys.scope_keys(scope)[:4], self.keys.dlq_replaying],
+                    args=[entry_id, pttl_ms, step[1]],
+                )
+            raise
+        self._remove_entry(entry)
+        return Replayed(entry_id, "replayed", task_id=task_id)
 
     def purge(self, entry_ids: Iterable[str]) -> list[str]:
-        """Remove the named entries; return the ids that existed."""
+        """Remove the named entries, freeing their scope; return the ids that existed.
+
+        The scope's delivery count is kept (see the module docstring).
+        """
         removed = []
         for entry_id in entry_ids:
             entry = self.get(entry_id)
-            if entry is None:
-                continue
-            self._forget_mark(entry)
-            self._remove([entry_id])
-            removed.append(entry_id)
+            if entry is not None and self._remove_entry(entry, clear_mark=True):
+                removed.append(entry_id)
         return removed
 
-    def _forget_mark(self, entry: dict[str, Any]) -> None:
-        scope = scope_of(entry)
+    def _begin_replay(self, entry: dict[str, Any], scope: Scope | None) -> list[str]:
         if scope is not None:
-            self._unmark(keys=[self.keys.dead(scope), self.keys.meta(scope)], args=[entry["id"]])
+            keys = self.keys.scope_keys(scope)
+            reply = self._begin(
+                keys=[self.keys.dlq_entries, *keys[:5], self.keys.dlq_replaying],
+                args=[entry["id"]],
+            )
+            return [as_text(part) for part in reply]
+        # no project: no ledger state to consult, only the pending record
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hexists(self.keys.dlq_entries, entry["id"])
+        campaign, key = entry.get("campaign_id"), entry.get("idempotency_key")
+        if isinstance(campaign, str) and isinstance(key, str):
+            pipe.exists(self.keys.pending(campaign, key))
+        exists, *pending = pipe.execute()
+        if not exists:
+            return ["missing"]
+        return ["queued"] if pending and pending[0] else ["publish", "", ""]
 
-    def _remove(self, entry_ids: list[str]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(self.keys.dlq_entries, *entry_ids)
-        pipe.zrem(self.keys.dlq_index, *entry_ids)
-        pipe.execute()
-
-
-def shown(entry: dict[str, Any], pii_keys: Iterable[str] = ()) -> dict[str, Any]:
-    """The entry as listings show it: properties marked pii replaced by ``[redacted]``.
-
-    The entry's own ``pii`` list (written when it was dead-lettered under a plan)
-    is always applied; ``pii_keys`` adds those of the plans loaded now.
-    """
-    hidden = set(entry.get("pii") or ()) | set(pii_keys)
-    trigger = entry.get("trigger")
-    if not hidden or not isinstance(trigger, dict):
-        return entry
-    return {**entry, "trigger": redact(trigger, hidden)}
-
-
-def scope_of(entry: dict[str, Any]) -> Scope | None:
-    """The ledger scope an entry marked dead, if it had one."""
-    project, campaign, key = (
-        entry.get("project_id"),
-        entry.get("campaign_id"),
-        entry.get("idempotency_key"),
-    )
-    if isinstance(project, str) and isinstance(campaign, str) and isinstance(key, str):
-        return Scope(project, campaign, key)
-    return None
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    def _remove_entry(self, entry: dict[str, Any], *, clear_mark: bool = False) -> bool:
+        keys = [
+            self.keys.dlq_entries,
+            self.keys.dlq_index,
+            self.keys.dlq_unscoped,
+            self.keys.dlq_replaying,
+        ]
+        scope = scope_of(entry)
+        if clear_mark and scope is not None:
+            keys.append(self.keys.dead(scope))
+        return bool(self._remove(keys=keys, args=[entry["id"], fingerprint(entry)]))

@@ -8,6 +8,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
 from config.keys import KeySpace, Scope
 from tasks.dlq import REASONS, DeadLetterQueue, iso_time, scope_of
@@ -256,7 +257,8 @@ def test_replay_publishes_the_original_kwargs_clears_the_mark_and_removes_the_en
         published.append(kwargs)
         return "task-replayed"
 
-    assert dlq.replay(entry_id, publish) == "task-replayed"
+    replayed = dlq.replay(entry_id, publish)
+    assert (replayed.outcome, replayed.task_id) == ("replayed", "task-replayed")
     assert published == [trigger]
     assert dlq.get(entry_id) is None
     assert entry_id not in dlq.ids()
@@ -350,3 +352,303 @@ def test_purge_of_nothing_returns_nothing(dlq: DeadLetterQueue, scope: Scope) ->
     dlq.add(make_entry(dlq, scope))
     assert dlq.purge([]) == []
     assert dlq.depth() == 1
+
+
+# --- replay never loses or doubles a trigger --------------------------------------------
+
+
+def test_replay_whose_publish_fails_keeps_the_dead_mark_and_the_delivery_count(
+    dlq: DeadLetterQueue,
+    store: IdempotencyStore,
+    scope: Scope,
+    keys: KeySpace,
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+    fake_redis.hset(keys.meta(scope), "deliveries", "4")
+
+    def broken_publish(kwargs: dict[str, Any]) -> str:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        dlq.replay(entry_id, broken_publish)
+    assert store.status(scope).dead_entry_id == entry_id
+    assert fake_redis.hget(keys.meta(scope), "deliveries") == b"4"
+    # a copy of the trigger arriving now is still held back by the mark
+    assert store.claim(scope, new_owner("task-9")).state is ClaimState.DEAD
+
+
+def test_replay_publishes_a_copy_that_a_worker_can_claim_at_once(
+    dlq: DeadLetterQueue, store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+    claims: list[ClaimState] = []
+
+    def publish_and_consume(kwargs: dict[str, Any]) -> str:
+        # a fast worker takes the message before replay() returns
+        claims.append(store.claim(scope, new_owner("task-replayed")).state)
+        return "task-replayed"
+
+    dlq.replay(entry_id, publish_and_consume)
+    assert claims == [ClaimState.CLAIMED]
+    assert dlq.get(entry_id) is None
+
+
+def test_replay_of_an_entry_whose_trigger_is_queued_again_publishes_nothing_more(
+    dlq: DeadLetterQueue,
+    store: IdempotencyStore,
+    scope: Scope,
+    keys: KeySpace,
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    # the state an interrupted replay leaves: mark cleared, copy published (pending), entry kept
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+    fake_redis.delete(keys.dead(scope))
+    fake_redis.set(keys.pending(scope.campaign_id, scope.idempotency_key), "{}")
+    published: list[dict[str, Any]] = []
+    dlq.replay(entry_id, lambda kwargs: published.append(kwargs) or "t")  # type: ignore[func-returns-value]
+    assert published == []
+    assert dlq.get(entry_id) is None
+
+
+def test_replay_of_an_entry_whose_key_is_done_removes_it_without_publishing(
+    dlq: DeadLetterQueue, store: IdempotencyStore, scope: Scope
+) -> None:
+    entry_id = dlq.add(make_entry(dlq, scope))
+    owner = new_owner("task-2")
+    store.claim(scope, owner)
+    store.commit(scope, owner, "trg-7")
+    published: list[dict[str, Any]] = []
+    dlq.replay(entry_id, lambda kwargs: published.append(kwargs) or "t")  # type: ignore[func-returns-value]
+    assert published == []
+    assert dlq.ids() == []
+
+
+def test_purge_keeps_the_delivery_count(
+    dlq: DeadLetterQueue,
+    store: IdempotencyStore,
+    scope: Scope,
+    keys: KeySpace,
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+    fake_redis.hset(keys.meta(scope), "deliveries", "6")
+    assert dlq.purge([entry_id]) == [entry_id]
+    # a poison message that comes back does not get a fresh redelivery budget
+    assert fake_redis.hget(keys.meta(scope), "deliveries") == b"6"
+
+
+# --- unscoped entries -------------------------------------------------------------------
+
+
+def test_the_same_undecodable_message_dead_lettered_twice_is_one_entry(
+    timed_dlq: DeadLetterQueue, clock: Clock
+) -> None:
+    # the consumer wrote the entry, then died before acknowledging: the message comes back
+    first = timed_dlq.add(
+        timed_dlq.new_entry(
+            reason="invalid_payload", error="undecodable", trigger=None, task_id="t1", raw="%%%"
+        )
+    )
+    clock.now += 5
+    second = timed_dlq.add(
+        timed_dlq.new_entry(
+            reason="invalid_payload", error="undecodable", trigger=None, task_id="t1", raw="%%%"
+        )
+    )
+    assert second == first
+    assert timed_dlq.ids() == [first]
+
+
+def test_different_undecodable_messages_are_different_entries(dlq: DeadLetterQueue) -> None:
+    ids = {
+        dlq.add(dlq.new_entry(reason="invalid_payload", error="x", trigger=None, raw=body))
+        for body in ("%%%", "###")
+    }
+    assert len(ids) == 2
+    assert dlq.depth() == 2
+
+
+def test_an_undecodable_message_purged_and_seen_again_gets_an_entry_again(
+    dlq: DeadLetterQueue,
+) -> None:
+    entry = dlq.new_entry(reason="invalid_payload", error="x", trigger=None, raw="%%%")
+    dlq.purge([dlq.add(entry)])
+    again = dlq.add(dlq.new_entry(reason="invalid_payload", error="x", trigger=None, raw="%%%"))
+    assert dlq.ids() == [again]
+
+
+# --- raw bodies -------------------------------------------------------------------------
+
+
+def test_a_raw_body_is_capped_and_says_so(fake_redis: fakeredis.FakeRedis, keys: KeySpace) -> None:
+    capped = DeadLetterQueue(fake_redis, keys, ttl_s=60, raw_max_bytes=1_024)
+    body = "é" * 5_000  # 10,000 bytes of UTF-8
+    entry = capped.new_entry(reason="invalid_payload", error="x", trigger=None, raw=body)
+    assert len(entry["raw"].encode()) <= 1_024
+    assert body.startswith(entry["raw"])
+    assert entry["raw_truncated"] is True
+    assert entry["raw_bytes"] == 10_000
+    small = capped.new_entry(reason="invalid_payload", error="x", trigger=None, raw="ok")
+    assert small["raw"] == "ok"
+    assert "raw_truncated" not in small
+
+
+# --- listing reads what it shows --------------------------------------------------------
+
+
+class CountingRedis(fakeredis.FakeRedis):
+    """fakeredis that records each command it is sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands.append(args)
+        return super().execute_command(*args, **options)
+
+
+def test_entries_with_a_limit_reads_only_the_entries_it_shows(
+    fake_server: fakeredis.FakeServer, keys: KeySpace, clock: Clock
+) -> None:
+    conn = CountingRedis(server=fake_server)
+    queue = DeadLetterQueue(conn, keys, ttl_s=60, clock=clock)
+    for n in range(50):
+        clock.now = T0 + n
+        queue.add(make_entry(queue, Scope("p", "c", f"k{n}")))
+    conn.commands.clear()
+    shown_entries = queue.entries(limit=2)
+    assert [e["idempotency_key"] for e in shown_entries] == ["k0", "k1"]
+    index_reads = [c for c in conn.commands if c[0] in ("ZRANGE", "ZRANGEBYSCORE")]
+    assert index_reads, conn.commands
+    # every read of the index is bounded: ZRANGEBYSCORE ... LIMIT offset count, count <= 2
+    assert all(
+        c[0] == "ZRANGEBYSCORE" and c[-3] == "LIMIT" and int(c[-1]) <= 2 for c in index_reads
+    )
+    requested = sum(len(c) - 2 for c in conn.commands if c[0] == "HMGET")
+    requested += sum(1 for c in conn.commands if c[0] == "HGET")
+    assert requested <= 2
+
+
+def test_replay_whose_publish_fails_after_a_worker_took_the_copy_leaves_it_to_the_worker(
+    dlq: DeadLetterQueue, store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+
+    def published_then_lost_the_confirm(kwargs: dict[str, Any]) -> str:
+        store.claim(scope, new_owner("task-replayed"))  # the copy did reach a worker
+        raise TimeoutError("no publisher confirm")
+
+    with pytest.raises(TimeoutError):
+        dlq.replay(entry_id, published_then_lost_the_confirm)
+    assert store.status(scope).state == "in_flight"
+    assert store.status(scope).dead_entry_id is None  # no mark to stop the running delivery
+    assert dlq.get(entry_id) is not None  # and a re-run will find it in flight
+    assert dlq.replay(entry_id, lambda kwargs: "never").outcome == "in_flight"
+    assert dlq.get(entry_id) is None
+
+
+def test_replay_interrupted_during_publish_puts_the_mark_back(
+    dlq: DeadLetterQueue, store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+
+    def interrupted(kwargs: dict[str, Any]) -> str:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dlq.replay(entry_id, interrupted)
+    assert store.status(scope).dead_entry_id == entry_id
+    assert dlq.ids() == [entry_id]
+
+
+def test_replay_of_an_entry_superseded_by_a_newer_one_removes_only_the_old(
+    dlq: DeadLetterQueue, store: IdempotencyStore, scope: Scope
+) -> None:
+    old_id = dlq.add(make_entry(dlq, scope))
+    owner = new_owner("task-2")
+    store.claim(scope, owner)
+    new_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+    published: list[dict[str, Any]] = []
+    replayed = dlq.replay(old_id, lambda kwargs: published.append(kwargs) or "t")  # type: ignore[func-returns-value]
+    assert (replayed.outcome, replayed.newer_entry_id) == ("superseded", new_id)
+    assert published == []
+    assert dlq.ids() == [new_id]
+
+
+def test_replay_of_an_entry_without_project_publishes_unless_its_trigger_is_queued(
+    dlq: DeadLetterQueue, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    first = dlq.add(make_entry(dlq, scope, project_id=None, task_id="a"))
+    second = dlq.add(make_entry(dlq, scope, project_id=None, task_id="b"))
+    assert dlq.replay(first, lambda kwargs: "t1").outcome == "replayed"
+    fake_redis.set(keys.pending(scope.campaign_id, scope.idempotency_key), "{}")
+    assert dlq.replay(second, lambda kwargs: "t2").outcome == "queued"
+    assert dlq.ids() == []
+
+
+def test_replay_runs_twice_in_a_row_publish_once(
+    dlq: DeadLetterQueue, store: IdempotencyStore, scope: Scope
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+    published: list[dict[str, Any]] = []
+    dlq.replay(entry_id, lambda kwargs: published.append(kwargs) or "t")  # type: ignore[func-returns-value]
+    with pytest.raises(ReplayRefused, match="no DLQ entry"):
+        dlq.replay(entry_id, lambda kwargs: published.append(kwargs) or "t")  # type: ignore[func-returns-value]
+    assert len(published) == 1
+
+
+def test_get_many_returns_entries_in_the_order_asked_with_none_for_missing(
+    dlq: DeadLetterQueue,
+) -> None:
+    first = dlq.add(make_entry(dlq, Scope("p", "c", "k1")))
+    second = dlq.add(make_entry(dlq, Scope("p", "c", "k2")))
+    found = list(dlq.get_many([second, "0000000000000-missing", first]))
+    assert [e and e["id"] for e in found] == [second, None, first]
+
+
+def test_a_replay_cut_off_before_it_could_restore_the_mark_restores_it_when_run_again(
+    dlq: DeadLetterQueue,
+    store: IdempotencyStore,
+    scope: Scope,
+    keys: KeySpace,
+    fake_redis: fakeredis.FakeRedis,
+    fake_server: fakeredis.FakeServer,
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    entry_id = dlq.add(make_entry(dlq, scope), scope=scope, owner=owner)
+    fake_redis.hset(keys.meta(scope), "deliveries", "4")
+
+    def publish_and_lose_the_store(kwargs: dict[str, Any]) -> str:
+        fake_server.connected = False  # the mark cannot be put back: as if killed here
+        raise ConnectionError("broker down")
+
+    with pytest.raises(redis.exceptions.ConnectionError):  # the store lost while putting back
+        dlq.replay(entry_id, publish_and_lose_the_store)
+    fake_server.connected = True
+    assert store.status(scope).dead_entry_id is None
+
+    def broker_still_down(kwargs: dict[str, Any]) -> str:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        dlq.replay(entry_id, broker_still_down)
+    assert store.status(scope).dead_entry_id == entry_id
+    assert fake_redis.hget(keys.meta(scope), "deliveries") == b"4"
+    assert dlq.ids() == [entry_id]

@@ -1,4 +1,4 @@
-"""`clix-worker plan` and its starter plans (worker/plan_commands.py)."""
+"""`clix-worker plan` and its starter plans (worker/cli/plan.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.unit.plan_samples import (
     trigger,
     write,
 )
-from worker.plan_commands import RET_FAILED, RET_OK, RET_USAGE, plan, starter_plan
+from worker.cli.plan import RET_FAILED, RET_OK, RET_USAGE, plan, starter_plan
 
 # --- starter plans ------------------------------------------------------------------------
 

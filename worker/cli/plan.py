@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import click
 
-from worker.console import RET_FAILED, RET_OK, RET_USAGE
+from worker.cli.console import RET_FAILED, RET_OK, RET_USAGE
 
 __all__ = ["plan", "starter_plan"]
 
