@@ -120,6 +120,11 @@ class SandboxProcess:
         params = {"campaign_id": campaign_id} if campaign_id else {}
         return list(self.http.get("/_sandbox/requests", params=params).json()["requests"])
 
+    def in_flight(self, campaign_id: str | None = None) -> list[dict[str, Any]]:
+        """Requests that arrived and are not answered yet (held by latency or a script)."""
+        params = {"campaign_id": campaign_id} if campaign_id else {}
+        return list(self.http.get("/_sandbox/in_flight", params=params).json()["in_flight"])
+
     def script(self, campaign_id: str, *responses: dict[str, Any]) -> None:
         """Queue scripted answers for a campaign (consumed first, in order)."""
         reply = self.http.post(
