@@ -54,8 +54,8 @@ TASK_NAME = "trigger_campaign"
 #: budget spent, Redis down: about one per second and message), so it must stay
 #: far above ``CLIX_REDELIVERY_LIMIT``; 4.x would otherwise apply 20, 3.x none.
 #: What passes it is parked, not lost. 0 declares no limit arguments at all (an
-#: operator sets them with a policy instead). To become the setting
-#: ``CLIX_AMQP_DELIVERY_LIMIT`` (deliveries, default 1000, 0 = policy).
+#: operator sets them with a policy instead). The setting is
+#: ``CLIX_AMQP_DELIVERY_LIMIT``; this is its default.
 AMQP_DELIVERY_LIMIT = 1000
 
 #: The parking queue's own limit: a parked message goes back only when the
@@ -117,8 +117,8 @@ def _amqp_config(settings: Settings) -> dict[str, Any]:
     from kombu.entity import Exchange, Queue
 
     name = settings.clix_queue
-    check_delivery_limit(settings, AMQP_DELIVERY_LIMIT)
-    arguments = amqp_queue_arguments(settings, AMQP_DELIVERY_LIMIT)
+    check_delivery_limit(settings, settings.clix_amqp_delivery_limit)
+    arguments = amqp_queue_arguments(settings, settings.clix_amqp_delivery_limit)
     exchange = Exchange(name, type="direct", durable=True)  # type: ignore[no-untyped-call]
     queue = Queue(  # type: ignore[no-untyped-call]
         name, exchange, routing_key=name, durable=True, queue_arguments=arguments

@@ -153,6 +153,17 @@ class Settings(BaseSettings):
     clix_amqp_queue_type: Literal["quorum", "classic"] = Field(
         "quorum", description="RabbitMQ broker: type of the durable trigger queue."
     )
+    clix_amqp_delivery_limit: int = Field(
+        1000,  # config.celery_app.AMQP_DELIVERY_LIMIT
+        ge=0,
+        description=(
+            "RabbitMQ quorum queue: deliveries of one message before RabbitMQ dead-letters it "
+            "into our DLQ (0: leave the limit to a policy)."
+        ),
+    )
+    clix_dlq_raw_max_bytes: int = Field(
+        65_536, ge=1024, description="Undecodable message bodies are kept in the DLQ up to this."
+    )
     clix_key_prefix: str = Field("clix", min_length=1, description="Namespace of Redis keys.")
     clix_result_ttl_s: int = Field(86_400, ge=60, description="Celery task results expire after.")
     clix_metrics_port: int | None = Field(

@@ -144,7 +144,10 @@ def idempotency_store(settings: Settings, conn: redis.Redis) -> IdempotencyStore
 def dead_letter_queue(settings: Settings, conn: redis.Redis) -> DeadLetterQueue:
     """The dead-letter queue on ``conn``."""
     return DeadLetterQueue(
-        conn, KeySpace(settings.clix_key_prefix), ttl_s=settings.clix_idempotency_ttl_s
+        conn,
+        KeySpace(settings.clix_key_prefix),
+        ttl_s=settings.clix_idempotency_ttl_s,
+        raw_max_bytes=settings.clix_dlq_raw_max_bytes,
     )
 
 
