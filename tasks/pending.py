@@ -35,16 +35,17 @@ import redis
 
 from config.keys import KeySpace
 
-__all__ = ["ENQUEUED_AT_HEADER", "PendingLedger", "PendingTrigger"]
+__all__ = ["ENQUEUED_AT_HEADER", "RECORD_SCRIPT", "PendingLedger", "PendingTrigger"]
 
 #: Message header carrying the enqueue time (ms) that the pending record has
 #: too: the reconciler compares it with the oldest message still queued.
 ENQUEUED_AT_HEADER = "clix_enqueued_at_ms"
 
-# KEYS: the records' keys, then the index.  ARGV: ttl_s, stamp ('' = Redis TIME),
-# then each record's kwargs as JSON.  Returns the stamp written.  TIME inside
-# the script: one round trip, and the stamp is the store's clock.
-_RECORD = """
+#: Writes pending records. KEYS: the records' keys, then the index. ARGV: ttl_s,
+#: stamp ('' = Redis TIME), then each record's kwargs as JSON. Returns the stamp.
+#: TIME inside the script: one round trip, and the stamp is the store's clock.
+#: Producers in other languages run this same script (examples/foreign-producer).
+RECORD_SCRIPT = """
 local stamp = ARGV[2]
 if stamp == '' then
   local t = redis.call('TIME')
@@ -86,7 +87,7 @@ class PendingLedger:
         # None: the store's clock (Redis TIME), shared by every host (production);
         # a function (seconds): tests that move time by hand
         self._clock = clock
-        self._record = redis_client.register_script(_RECORD)
+        self._record = redis_client.register_script(RECORD_SCRIPT)
 
     def now_ms(self) -> int:
         """The store's time in ms: what records are stamped with and judged by."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -10,7 +12,7 @@ import pytest
 from config.keys import KeySpace, Scope
 from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import ClaimState, IdempotencyStore, new_owner
-from tasks.pending import PendingLedger, PendingTrigger
+from tasks.pending import ENQUEUED_AT_HEADER, RECORD_SCRIPT, PendingLedger, PendingTrigger
 
 T0 = 1_700_000_000.0
 T0_MS = int(T0 * 1000)
@@ -505,3 +507,39 @@ def test_status_says_in_flight_over_queued_while_a_lease_is_held(
     store.claim(scope, new_owner("task-1"))
 
     assert store.status(scope).state == "in_flight"
+
+
+# --- the reference for producers in other languages ------------------------------------------
+
+
+def _reference_producer() -> Any:
+    path = Path(__file__).resolve().parents[2] / "examples" / "foreign-producer" / "publish.py"
+    spec = importlib.util.spec_from_file_location("foreign_producer", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_producer_runs_the_same_record_script() -> None:
+    assert _reference_producer().RECORD_SCRIPT == RECORD_SCRIPT
+
+
+def test_the_reference_producer_writes_a_record_the_ledger_reads(
+    fake_redis: fakeredis.FakeRedis, keys: KeySpace
+) -> None:
+    reference = _reference_producer()
+    kwargs = trigger("camp:1/x", "key 1", properties={"order_id": "ORD-1"})
+
+    stamp = reference.record_pending(fake_redis, keys.prefix, TTL_S, kwargs)
+
+    key = keys.pending("camp:1/x", "key 1")
+    assert reference.pending_key(keys.prefix, "camp:1/x", "key 1") == key
+    assert PendingLedger(fake_redis, keys, ttl_s=TTL_S).get(key) == PendingTrigger(
+        key, kwargs, stamp
+    )
+    assert fake_redis.zscore(keys.pending_index, key) == stamp
+    assert fake_redis.ttl(key) == TTL_S
+    message = reference.celery_message("clix.triggers", kwargs, stamp)
+    assert message["headers"][ENQUEUED_AT_HEADER] == stamp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from tasks.reconciler import (
     RedisBrokerView,
     SweepReport,
 )
+from worker.reconciliation import ReconcilerThread
 
 T0 = 1_700_000_000.0
 T0_MS = int(T0 * 1000)
@@ -1104,3 +1106,53 @@ def test_a_reconciler_on_amqp_republishes_only_when_the_queue_is_empty(
 
     assert len(publish.calls) == republished
     assert report.waiting_in_queue == 1 - republished
+
+
+# --- the sweeping thread --------------------------------------------------------------------
+
+
+class ThreadNoting:
+    """Stands in for a Reconciler: notes the thread each sweep runs in."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.threads: list[str] = []
+        self.swept = threading.Event()
+        self.fail_first = fail_first
+        self.store = self  # the thread closes ``store.redis`` when it ends
+        self.redis = self
+        self.closed = False
+
+    def sweep(self) -> SweepReport:
+        self.threads.append(threading.current_thread().name)
+        if self.fail_first and len(self.threads) == 1:
+            raise ConnectionError("store down")
+        if len(self.threads) >= 2:
+            self.swept.set()
+        return SweepReport(swept=True)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_reconciler_sweeps_in_its_own_thread_until_stopped() -> None:
+    noting = ThreadNoting(fail_first=True)  # a failed sweep does not end the thread
+    built_in: list[str] = []
+    exited: list[bool] = []
+
+    def build() -> Reconciler:
+        built_in.append(threading.current_thread().name)
+        return noting  # type: ignore[return-value]
+
+    thread = ReconcilerThread(build, interval_s=0.01, on_exit=lambda: exited.append(True))
+    thread.start()
+    try:
+        assert noting.swept.wait(timeout=30)
+    finally:
+        thread.stop(timeout_s=30)
+
+    assert not thread.is_alive()
+    assert built_in == ["clix-reconciler"]  # its connections are made in the thread
+    assert set(noting.threads) == {"clix-reconciler"}
+    assert threading.current_thread().name not in noting.threads
+    assert noting.closed is True
+    assert exited == [True]
