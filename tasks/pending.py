@@ -99,8 +99,9 @@ class PendingLedger:
     def record(self, triggers: Iterable[dict[str, Any]], enqueued_at_ms: int | None = None) -> int:
         """Write pending records for trigger kwargs in one round trip; return their stamp.
 
-        The stamp is the store's time unless ``enqueued_at_ms`` is given (the
-        reconciler restamping). Returns 0 when there was nothing to record.
+        The stamp is the store's time (read by the script itself) unless
+        ``enqueued_at_ms`` is given or the ledger has a test clock. Returns 0
+        when there was nothing to record (and sends nothing).
         """
         keys, values = [], []
         for kwargs in triggers:

@@ -224,7 +224,8 @@ def test_send_task_through_the_project_app_loses_nothing_while_workers_are_sigki
     doubled = sum(n - 1 for n in accepted.values())
     print(
         f"\n{kills} SIGKILLs; 0 of {len(keys)} send_task triggers lost; "
-        f"{doubled} ambiguous duplicate(s), {_ambiguous(fleet)} counted"
+        f"{doubled} ambiguous duplicate(s), {_ambiguous(fleet)} counted; "
+        f"{int(conn.hget(fleet.keys.stats, 'reconciled') or 0)} re-published by the reconciler"
     )
     assert kills == 6
     assert doubled <= _ambiguous(fleet)
