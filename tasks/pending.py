@@ -4,8 +4,9 @@ The broker alone cannot promise "accepted means delivered": kombu's Redis
 transport pops a message before it records it as unacknowledged (a worker
 killed in between loses it), a broker Redis without AOF forgets its queues on
 restart, and a publish can fail after the application thought it enqueued. So
-``enqueue_trigger`` first writes a pending record in the store's Redis (one
-pipelined round trip; the bulk path batches them), then publishes. The worker
+every publish of ``trigger_campaign`` through this project's app first writes a
+pending record in the store's Redis (one round trip; the bulk path writes 500
+per round trip), then publishes (:mod:`tasks.publishing`). The worker
 clears the record in the same atomic step that commits the trigger as done or
 dead-letters it (the ledger and DLQ scripts), so a trigger is always in exactly
 one of: pending, in flight, done, dead-lettered. The reconciler
@@ -16,12 +17,16 @@ not know the project id (Clix campaign ids are unique across projects). A
 record is a JSON string ``{"kwargs": ..., "enqueued_at_ms": ...}`` plus a member
 of the index sorted set scored by that time, and it expires with the
 idempotency TTL, never earlier.
+
+The enqueue time is the store's clock (Redis ``TIME``, read by the script that
+writes the record), never the producer's: the reconciler compares it with its
+own cutoff and with the stamps of other producers' messages, so hosts need not
+agree on the time. The same stamp goes into the message header.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +35,30 @@ import redis
 
 from config.keys import KeySpace
 
-__all__ = ["ENQUEUED_AT_HEADER", "PendingLedger", "PendingTrigger"]
+__all__ = ["ENQUEUED_AT_HEADER", "RECORD_SCRIPT", "PendingLedger", "PendingTrigger"]
 
 #: Message header carrying the enqueue time (ms) that the pending record has
 #: too: the reconciler compares it with the oldest message still queued.
 ENQUEUED_AT_HEADER = "clix_enqueued_at_ms"
+
+#: Writes pending records. KEYS: the records' keys, then the index. ARGV: ttl_s,
+#: stamp ('' = Redis TIME), then each record's kwargs as JSON. Returns the stamp.
+#: TIME inside the script: one round trip, and the stamp is the store's clock.
+#: Producers in other languages run this same script (examples/foreign-producer).
+RECORD_SCRIPT = """
+local stamp = ARGV[2]
+if stamp == '' then
+  local t = redis.call('TIME')
+  stamp = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000))
+end
+local index = KEYS[#KEYS]
+for i = 1, #KEYS - 1 do
+  local value = '{"kwargs":' .. ARGV[i + 2] .. ',"enqueued_at_ms":' .. stamp .. '}'
+  redis.call('SET', KEYS[i], value, 'EX', ARGV[1])
+  redis.call('ZADD', index, stamp, KEYS[i])
+end
+return tonumber(stamp)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,26 +79,42 @@ class PendingLedger:
         keys: KeySpace,
         *,
         ttl_s: int,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.redis = redis_client
         self.keys = keys
         self.ttl_s = ttl_s
+        # None: the store's clock (Redis TIME), shared by every host (production);
+        # a function (seconds): tests that move time by hand
         self._clock = clock
+        self._record = redis_client.register_script(RECORD_SCRIPT)
 
     def now_ms(self) -> int:
-        """The enqueue time to stamp on a record and its message."""
-        return int(self._clock() * 1000)
+        """The store's time in ms: what records are stamped with and judged by."""
+        if self._clock is not None:
+            return int(self._clock() * 1000)
+        seconds, micros = self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
-    def record(self, triggers: Iterable[dict[str, Any]], enqueued_at_ms: int) -> None:
-        """Write pending records for valid trigger kwargs, in one pipelined round trip."""
-        pipe = self.redis.pipeline(transaction=False)
+    def record(self, triggers: Iterable[dict[str, Any]], enqueued_at_ms: int | None = None) -> int:
+        """Write pending records for trigger kwargs in one round trip; return their stamp.
+
+        The stamp is the store's time (read by the script itself) unless
+        ``enqueued_at_ms`` is given or the ledger has a test clock. Returns 0
+        when there was nothing to record (and sends nothing).
+        """
+        keys, values = [], []
         for kwargs in triggers:
-            key = self.keys.pending(kwargs["campaign_id"], kwargs["idempotency_key"])
-            value = {"kwargs": kwargs, "enqueued_at_ms": enqueued_at_ms}
-            pipe.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s)
-            pipe.zadd(self.keys.pending_index, {key: enqueued_at_ms})
-        pipe.execute()
+            keys.append(self.keys.pending(kwargs["campaign_id"], kwargs["idempotency_key"]))
+            values.append(json.dumps(kwargs, separators=(",", ":")))
+        if not keys:
+            return 0
+        if enqueued_at_ms is None and self._clock is not None:
+            enqueued_at_ms = self.now_ms()
+        stamp = "" if enqueued_at_ms is None else str(int(enqueued_at_ms))
+        return int(
+            self._record(keys=[*keys, self.keys.pending_index], args=[self.ttl_s, stamp, *values])
+        )
 
     def get(self, key: str) -> PendingTrigger | None:
         """The record at ``key`` (an index member), or None."""

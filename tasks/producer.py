@@ -68,8 +68,7 @@ def enqueue_many(triggers: Iterable[dict[str, Any]]) -> Iterator[str]:
                     strict=settings.clix_plans_strict,
                     pii_warning=settings.clix_pii_warning,
                 )
-            enqueued_at_ms = ledger.now_ms()
-            ledger.record(clean, enqueued_at_ms)
+            enqueued_at_ms = ledger.record(clean)  # one round trip, the store's clock
             for kwargs in clean:
                 result = trigger_campaign.apply_async(
                     kwargs=kwargs, producer=producer, clix_enqueued_at_ms=enqueued_at_ms

@@ -17,8 +17,18 @@ older than the grace period, oldest first, and for each decides:
 What "queued" and "unacknowledged" mean depends on the broker
 (:class:`RedisBrokerView`, :class:`AmqpBrokerView`). Only one worker sweeps at
 a time: a sweep first takes a short lease in Redis and keeps it until the
-next interval; the sweep is bounded (``batch`` records) and never scans the
-keyspace (a sorted-set range, no ``KEYS``).
+next interval. A sweep is bounded: ``batch`` records, a time budget of one
+interval, at most ``MAX_UNACKED`` unacknowledged messages read (beyond that it
+cannot tell, so it re-publishes nothing), and it never scans the keyspace (a
+sorted-set range, no ``KEYS``).
+
+Every time here is the store's clock (Redis ``TIME``): the records and message
+headers are stamped with it by whoever publishes (:mod:`tasks.pending`), and the
+cutoff is taken from it, so a producer or worker whose clock is off by minutes
+neither makes queued triggers look lost nor hides lost ones. Stamps of
+messages published back to back can still land in the queue slightly out of
+order (two producers stamp, then publish); a message counts as possibly still
+queued while the queue's head is less than ``PUBLISH_WINDOW_S`` younger than it.
 """
 
 from __future__ import annotations
@@ -37,12 +47,27 @@ from config.keys import KeySpace, Scope
 from tasks.idempotency import IdempotencyStore
 from tasks.pending import ENQUEUED_AT_HEADER, PendingLedger, PendingTrigger
 
-__all__ = ["AmqpBrokerView", "BrokerView", "Reconciler", "RedisBrokerView", "SweepReport"]
+__all__ = [
+    "MAX_UNACKED",
+    "PUBLISH_WINDOW_S",
+    "AmqpBrokerView",
+    "BrokerView",
+    "Reconciler",
+    "RedisBrokerView",
+    "SweepReport",
+]
 
 logger = logging.getLogger("clix.reconciler")
 
 #: Oldest queued message's enqueue time is unknown (a foreign producer's message).
 UNKNOWN = -1
+
+#: Longest time between stamping a record and its message reaching the queue
+#: (a bulk batch is stamped once, then published message by message).
+PUBLISH_WINDOW_S = 5.0
+
+#: Most unacknowledged messages one sweep reads from a Redis broker.
+MAX_UNACKED = 10_000
 
 # KEYS: lease.  ARGV: owner, keep_ms.  Keep the lease until the next interval.
 _KEEP = """
@@ -59,16 +84,22 @@ class BrokerView(Protocol):
     def oldest_enqueued_ms(self, queue: str) -> int | None:
         """Enqueue time of the oldest queued message; None if empty; UNKNOWN if unsure."""
 
-    def unacknowledged(self) -> set[tuple[str, str]]:
-        """(campaign_id, idempotency_key) of messages handed to workers, not yet acked."""
+    def unacknowledged(self) -> set[tuple[str, str]] | None:
+        """(campaign_id, idempotency_key) of messages handed to workers, not yet acked.
+
+        None when there are too many to read in one sweep (cannot tell).
+        """
 
 
 class RedisBrokerView:
     """kombu's Redis transport: a queue is a list (oldest at the right), unacked a hash."""
 
-    def __init__(self, broker: redis.Redis, unacked_key: str = "unacked") -> None:
+    def __init__(
+        self, broker: redis.Redis, unacked_key: str = "unacked", max_unacked: int = MAX_UNACKED
+    ) -> None:
         self.broker = broker
         self.unacked_key = unacked_key
+        self.max_unacked = max_unacked
 
     def oldest_enqueued_ms(self, queue: str) -> int | None:
         raw = self.broker.lindex(queue, -1)  # kombu LPUSHes and BRPOPs: the head is last
@@ -80,9 +111,13 @@ class RedisBrokerView:
             return UNKNOWN
         return int(value) if isinstance(value, int | float) else UNKNOWN
 
-    def unacknowledged(self) -> set[tuple[str, str]]:
+    def unacknowledged(self) -> set[tuple[str, str]] | None:
+        # The hash holds every queue's unacked messages of this broker database:
+        # read it in pages, and only when it is small enough for one sweep.
+        if int(self.broker.hlen(self.unacked_key)) > self.max_unacked:
+            return None
         found = set()
-        for raw in self.broker.hvals(self.unacked_key):
+        for _tag, raw in self.broker.hscan_iter(self.unacked_key, count=500):
             try:
                 message = json.loads(raw)[0]
                 body = message["body"]
@@ -109,7 +144,7 @@ class AmqpBrokerView:
     def oldest_enqueued_ms(self, queue: str) -> int | None:
         return None if self.message_count(queue) == 0 else UNKNOWN
 
-    def unacknowledged(self) -> set[tuple[str, str]]:
+    def unacknowledged(self) -> set[tuple[str, str]] | None:
         return set()
 
 
@@ -122,6 +157,10 @@ class SweepReport:
     postponed: int = 0
     forgotten: int = 0
     waiting_in_queue: int = 0
+    #: the broker had too many unacknowledged messages to read: nothing re-published
+    unacked_unknown: bool = False
+    #: the time budget ran out before every candidate was judged
+    out_of_time: bool = False
 
 
 class Reconciler:
@@ -141,7 +180,9 @@ class Reconciler:
         grace_s: float = 30.0,
         interval_s: float = 10.0,
         batch: int = 500,
-        clock: Callable[[], float] = time.time,
+        publish_window_s: float = PUBLISH_WINDOW_S,
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.pending = pending
@@ -154,8 +195,18 @@ class Reconciler:
         self.grace_ms = int(grace_s * 1000)
         self.interval_ms = int(interval_s * 1000)
         self.batch = batch
+        self.publish_window_ms = int(publish_window_s * 1000)
+        # None: the store's clock (Redis TIME), the one producers stamp with
         self._clock = clock
+        self._monotonic = monotonic
         self._keep = store.redis.register_script(_KEEP)
+
+    def now_ms(self) -> int:
+        """The store's time in ms (or the test clock's)."""
+        if self._clock is not None:
+            return int(self._clock() * 1000)
+        seconds, micros = self.store.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
     def sweep(self) -> SweepReport:
         """One bounded sweep, if no other worker is sweeping; see the module docstring."""
@@ -179,13 +230,23 @@ class Reconciler:
         return report
 
     def _sweep(self, report: SweepReport) -> None:
-        now_ms = int(self._clock() * 1000)
+        # within one interval, so the lease (three intervals) outlasts the sweep
+        deadline = self._monotonic() + self.interval_ms / 1000
+        now_ms = self.now_ms()
         candidates = self.pending.older_than(now_ms - self.grace_ms, self.batch)
         if not candidates:
             return
         oldest_queued = self.broker.oldest_enqueued_ms(self.queue)
         unacked = self.broker.unacknowledged()
+        if unacked is None:
+            report.unacked_unknown = True
+            logger.warning(
+                "reconciler: too many unacknowledged messages to read; nothing re-published"
+            )
         for key in candidates:
+            if self._monotonic() > deadline:
+                report.out_of_time = True
+                break
             record = self.pending.get(key)
             if record is None:  # expired, or cleared since the range was read
                 self.pending.forget(key)
@@ -198,10 +259,10 @@ class Reconciler:
             elif verdict == "postpone":
                 self.pending.postpone(key, now_ms)
                 report.postponed += 1
-            elif verdict == "queued":
+            elif verdict == "queued" or unacked is None:
                 report.waiting_in_queue += 1
             else:
-                stamp = int(self._clock() * 1000)
+                stamp = self.now_ms()
                 if not self.publish(record.kwargs, stamp):
                     continue  # refused (dead-lettered instead): no longer pending
                 self.pending.requeued(record, stamp)
@@ -210,16 +271,20 @@ class Reconciler:
                 )
 
     def _judge(
-        self, record: PendingTrigger, oldest_queued: int | None, unacked: set[tuple[str, str]]
+        self,
+        record: PendingTrigger,
+        oldest_queued: int | None,
+        unacked: set[tuple[str, str]] | None,
     ) -> str:
         campaign, key = record.kwargs["campaign_id"], record.kwargs["idempotency_key"]
         status = self.store.status(Scope(self.project_id, campaign, key))
         if status.state == "done" or status.dead_entry_id:
             return "forget"
-        if status.state == "in_flight" or (campaign, key) in unacked:
+        if status.state == "in_flight" or (unacked is not None and (campaign, key) in unacked):
             return "postpone"
         if oldest_queued is not None and (
-            oldest_queued == UNKNOWN or oldest_queued <= record.enqueued_at_ms
+            oldest_queued == UNKNOWN
+            or oldest_queued <= record.enqueued_at_ms + self.publish_window_ms
         ):
             return "queued"
         return "republish"

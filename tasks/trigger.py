@@ -7,7 +7,11 @@ publishes with a ``kwargsrepr`` that shows ids and property *names* only.
 
 Worker side: each message becomes one :class:`tasks.delivery.Delivery`;
 :class:`RedactedRequest` keeps payload values out of the worker's events
-(Flower) whoever published the message.
+(Flower) whoever published the message, and on a Redis broker puts a requeued
+message back at the head of its queue, where it was.
+
+Any other publish of the task through this project's app (``app.send_task``)
+gets its pending record from :mod:`tasks.publishing`.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request as CeleryRequest
+from kombu.transport.redis import QoS as RedisQoS
 
 from config.celery_app import TASK_NAME, app, app_settings
 from tasks import context
+from tasks import publishing as _publishing  # noqa: F401 - records send_task publishes
 from tasks.delivery import Delivery, RequeueMessage
 from tasks.errors import (
     DeadLettered,
@@ -64,6 +70,41 @@ class RedactedRequest(CeleryRequest):  # type: ignore[misc]
     def argsrepr(self) -> str:
         return "()" if not self.args else f"<{len(self.args)} positional arguments>"
 
+    def reject(self, requeue: bool = False) -> None:
+        """Reject the message; on a Redis broker, requeue it at the head of its queue.
+
+        kombu's Redis transport requeues a rejected message with LPUSH while
+        workers BRPOP from the other end: a message requeued after its pool
+        process died (``reject_on_worker_lost``) or by :class:`Reject` would
+        wait behind the whole backlog, past the recovery promise, and the
+        reconciler (which relies on the queue being FIFO) would take it for
+        lost. The visibility-timeout restore already puts messages at the head;
+        this does the same for a rejection. Other brokers (RabbitMQ) keep
+        their own requeue.
+        """
+        if requeue and not getattr(self, "acknowledged", False) and self._requeue_at_head():
+            # The message is back in its queue: settle this delivery of it the
+            # way kombu does after a requeue (in the event loop), without a copy.
+            self.on_reject(logger, self.connection_errors, False)
+            self.acknowledged = True
+            self.send_event("task-rejected", requeue=True)
+            return
+        super().reject(requeue=requeue)
+
+    def _requeue_at_head(self) -> bool:
+        """Move the message from the unacked hash to the head of its queue (Redis only)."""
+        message = self.message
+        qos = getattr(message.channel, "qos", None)
+        if not isinstance(qos, RedisQoS):
+            return False
+        try:
+            # one MULTI/EXEC: out of the unacked hash and RPUSHed (the BRPOP end)
+            qos.restore_by_tag(message.delivery_tag, leftmost=False)  # type: ignore[no-untyped-call]
+        except Exception:  # kombu's own requeue gets its turn
+            logger.warning("could not requeue a message at the head of its queue", exc_info=True)
+            return False
+        return True
+
 
 class TriggerTask(Task):  # type: ignore[misc]
     """Celery task class that validates triggers before they are published."""
@@ -93,6 +134,7 @@ class TriggerTask(Task):  # type: ignore[misc]
         # the reconciler. The bulk path (which checked the plan) and the reconciler
         # (re-publishing a checked trigger) pass the enqueue time: the record is
         # theirs; a plan changed since is caught by the worker's own check.
+        # The header tells tasks.publishing the record is written (once per publish).
         enqueued_at_ms = options.pop("clix_enqueued_at_ms", None)
         if enqueued_at_ms is None:
             check_contract(
@@ -101,9 +143,8 @@ class TriggerTask(Task):  # type: ignore[misc]
                 strict=settings.clix_plans_strict,
                 pii_warning=settings.clix_pii_warning,
             )
-            ledger = context.producer_ledger(settings)
-            enqueued_at_ms = ledger.now_ms()
-            ledger.record([clean], enqueued_at_ms)
+            # stamped by the store's clock; a failed write raises here, before publishing
+            enqueued_at_ms = context.producer_ledger(settings).record([clean])
         options["headers"] = {**(options.get("headers") or {}), ENQUEUED_AT_HEADER: enqueued_at_ms}
         options.setdefault("argsrepr", "()")
         options.setdefault("kwargsrepr", summary(clean))

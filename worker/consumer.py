@@ -52,7 +52,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         ]
 
     def _dead_letter_queue(self) -> DeadLetterQueue:
-        # the main process's context: one Redis pool shared with the reconciler
+        # the main process's context: one Redis pool shared with the breaker watch
         return current().dlq
 
     def _dead_letter(self, message: Any, error: str) -> None:

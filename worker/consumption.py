@@ -40,7 +40,7 @@ class BreakerConsumption(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, parent: Any) -> None:
         """Begin watching the breaker."""
-        ctx = current()  # the main process's context, shared with the reconciler
+        ctx = current()  # the main process's context, shared with the consumer
         self.queue = ctx.settings.clix_queue
         self.breaker = ctx.breaker
         self.timer = parent.timer.call_repeatedly(CHECK_INTERVAL_S, self.check, (parent,))

@@ -1,8 +1,13 @@
 """Run the reconciler inside the worker fleet: no separate process to deploy.
 
-A consumer bootstep in each worker's main process calls
-:meth:`tasks.reconciler.Reconciler.sweep` every ``CLIX_RECONCILE_INTERVAL_S``;
-the sweep's lease in Redis makes sure one worker of the fleet sweeps at a time.
+A consumer bootstep in each worker's main process starts a
+:class:`ReconcilerThread` that calls :meth:`tasks.reconciler.Reconciler.sweep`
+every ``CLIX_RECONCILE_INTERVAL_S``; the sweep's lease in Redis makes sure one
+worker of the fleet sweeps at a time. The sweep runs in its own thread, with
+its own Redis connections and its own broker connection, never in the
+consumer's event loop: reading the store and the broker cannot delay the
+consumer, its acknowledgements or its heartbeats. Each sweep is bounded (see
+:mod:`tasks.reconciler`).
 """
 
 from __future__ import annotations
@@ -10,21 +15,29 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import bootsteps
+from kombu.connection import Connection
+from kombu.messaging import Producer
 
 from config.celery_app import app
 from config.keys import KeySpace
 from config.settings import Settings, get_settings
-from tasks.context import WorkerContext, current
+from tasks import context
 from tasks.errors import InvalidTrigger
+from tasks.pending import PendingLedger
 from tasks.reconciler import AmqpBrokerView, BrokerView, Reconciler, RedisBrokerView
 
-__all__ = ["Reconciliation", "build_reconciler"]
+__all__ = ["ReconcilerThread", "Reconciliation", "build_reconciler"]
 
 logger = logging.getLogger("clix.reconciler")
+
+#: How long a stopping worker waits for a sweep in progress.
+STOP_TIMEOUT_S = 5.0
 
 
 def broker_view(settings: Settings) -> BrokerView:
@@ -39,31 +52,60 @@ def broker_view(settings: Settings) -> BrokerView:
     return AmqpBrokerView(message_count)
 
 
-def build_reconciler(ctx: WorkerContext) -> Reconciler:
-    """A reconciler publishing through the ``trigger_campaign`` task of this process."""
+class _Publisher:
+    """Publishes re-published triggers over a broker connection of its own."""
+
+    def __init__(self) -> None:
+        self._conn: Connection | None = None
+        self._producer: Producer | None = None
+
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._conn = app.connection_for_write()
+            self._producer = self._conn.Producer()
+        return self._producer
+
+    def close(self) -> None:
+        """Drop the connection (after an error, and at the end)."""
+        if self._conn is not None:
+            self._conn.release()  # type: ignore[no-untyped-call]
+        self._conn, self._producer = None, None
+
+
+def build_reconciler(settings: Settings, publisher: _Publisher | None = None) -> Reconciler:
+    """A reconciler with Redis connections of its own, publishing through ``trigger_campaign``."""
     from tasks.trigger import trigger_campaign
 
-    settings = ctx.settings
+    own = publisher if publisher is not None else _Publisher()
+    conn = context.redis_client(settings)
+    keys = KeySpace(settings.clix_key_prefix)
+    store = context.idempotency_store(settings, conn)
+    dlq = context.dead_letter_queue(settings, conn)
 
     def publish(kwargs: dict[str, Any], enqueued_at_ms: int) -> bool:
         try:
-            trigger_campaign.apply_async(kwargs=kwargs, clix_enqueued_at_ms=enqueued_at_ms)
+            trigger_campaign.apply_async(
+                kwargs=kwargs, producer=own.producer(), clix_enqueued_at_ms=enqueued_at_ms
+            )
         except InvalidTrigger as exc:  # stored under older request rules: keep it, in the DLQ
-            entry = ctx.dlq.new_entry(
+            entry = dlq.new_entry(
                 reason="invalid_payload",
                 error=str(exc),
                 trigger=kwargs,
                 project_id=settings.clix_project_id,
             )
-            ctx.dlq.add(entry)
+            dlq.add(entry)
             return False
+        except Exception:
+            own.close()  # a fresh connection next time
+            raise
         return True
 
     return Reconciler(
-        store=ctx.store,
-        pending=ctx.pending,
+        store=store,
+        pending=PendingLedger(conn, keys, ttl_s=settings.clix_idempotency_ttl_s),
         broker=broker_view(settings),
-        keys=KeySpace(settings.clix_key_prefix),
+        keys=keys,
         project_id=str(settings.clix_project_id),
         queue=settings.clix_queue,
         publish=publish,
@@ -74,32 +116,68 @@ def build_reconciler(ctx: WorkerContext) -> Reconciler:
     )
 
 
+class ReconcilerThread(threading.Thread):
+    """Sweeps every ``interval_s`` until stopped; errors are logged, the next sweep retries."""
+
+    def __init__(
+        self,
+        build: Callable[[], Reconciler],
+        interval_s: float,
+        on_exit: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(name="clix-reconciler", daemon=True)
+        self._build = build
+        self._on_exit = on_exit
+        self.interval_s = interval_s
+        self._stopping = threading.Event()
+        self.sweeps = 0
+
+    def run(self) -> None:
+        """Build the reconciler here (its connections belong to this thread), then sweep."""
+        reconciler: Reconciler | None = None
+        try:
+            while not self._stopping.wait(self.interval_s):
+                try:
+                    if reconciler is None:
+                        reconciler = self._build()
+                    reconciler.sweep()
+                except Exception:  # Redis or broker trouble: the next sweep tries again
+                    logger.warning("reconciler sweep failed", exc_info=True)
+                self.sweeps += 1
+        finally:
+            if reconciler is not None:
+                reconciler.store.redis.close()
+            self._on_exit()
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop after the sweep in progress (if any); wait at most ``timeout_s``."""
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout_s)
+
+
 class Reconciliation(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Sweep pending triggers on a timer in the worker's main process."""
+    """Start the reconciler thread with the consumer; stop it with the consumer."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.reconciler: Reconciler | None = None
-        self.timer: Any = None
+        self.thread: ReconcilerThread | None = None
 
     def start(self, parent: Any) -> None:
-        """Begin sweeping."""
-        self.reconciler = build_reconciler(current())
-        interval = get_settings().clix_reconcile_interval_s
-        self.timer = parent.timer.call_repeatedly(interval, self.tick)
+        """Begin sweeping (in a thread of its own)."""
+        settings = get_settings()
+        publisher = _Publisher()
+        self.thread = ReconcilerThread(
+            lambda: build_reconciler(settings, publisher),
+            settings.clix_reconcile_interval_s,
+            on_exit=publisher.close,
+        )
+        self.thread.start()
 
     def stop(self, parent: Any) -> None:
         """Stop sweeping."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def tick(self) -> None:
-        """One sweep; errors are logged and the next tick tries again."""
-        assert self.reconciler is not None
-        try:
-            self.reconciler.sweep()
-        except Exception:  # Redis or broker trouble: the next tick tries again
-            logger.warning("reconciler sweep failed", exc_info=True)
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread = None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +18,13 @@ from kombu import Connection
 from tasks import enqueue_trigger
 from tasks.trigger import trigger_campaign
 from tests.integration.conftest import Fleet
-from tests.integration.processes import SandboxProcess, cli, cli_json, wait_until
+from tests.integration.processes import (
+    SandboxProcess,
+    WorkerProcess,
+    cli,
+    cli_json,
+    wait_until,
+)
 from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -163,3 +172,96 @@ def test_enqueue_trigger_writes_a_pending_record_that_delivery_clears(
     enqueue_trigger(campaign, "tracked").get(timeout=30)
     assert not fleet.redis().exists(fleet.keys.pending(campaign, "tracked"))
     assert cli_json(fleet.env, "status", campaign, "tracked")["state"] == "done"
+
+
+# --- every Python publish, every clock ---------------------------------------------------------
+
+#: A Python producer publishing by name through this project's app, as a process of its own.
+_SEND_TASK_PRODUCER = """
+import sys
+from worker import app
+
+campaign, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    kwargs = {"campaign_id": campaign, "idempotency_key": f"k{i}", "properties": {"key": f"k{i}"}}
+    app.send_task("trigger_campaign", kwargs=kwargs)
+"""
+
+
+def _run_producer(
+    env: dict[str, str], code: str, *args: str, wrap: list[str] | None = None
+) -> None:
+    done = subprocess.run(
+        [*(wrap or []), sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_send_task_through_the_project_app_loses_nothing_while_workers_are_sigkilled(
+    own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str
+) -> None:
+    fleet = own_fleet(CLIX_VISIBILITY_TIMEOUT_S="10", CLIX_UNACKED_RESTORE_INTERVAL_S="1")
+    keys = [f"k{i}" for i in range(2000)]
+    _run_producer(fleet.env, _SEND_TASK_PRODUCER, campaign, str(len(keys)))
+    # every publish wrote its record, whatever the call
+    conn = fleet.redis()
+    assert conn.zcard(fleet.keys.pending_index) == len(keys)
+    assert conn.llen(fleet.queue) == len(keys)
+    rng = random.Random(13)
+    kills = 0
+    while kills < 6 and len(_accepted(sandbox, campaign)) < len(keys):
+        worker = fleet.start_worker(concurrency=2)
+        time.sleep(rng.uniform(0.2, 0.8))
+        worker.kill()
+        kills += 1
+    fleet.start_worker(concurrency=2)
+
+    _wait_all(fleet, sandbox, campaign, keys)
+    accepted = _accepted(sandbox, campaign)
+    doubled = sum(n - 1 for n in accepted.values())
+    print(
+        f"\n{kills} SIGKILLs; 0 of {len(keys)} send_task triggers lost; "
+        f"{doubled} ambiguous duplicate(s), {_ambiguous(fleet)} counted; "
+        f"{int(conn.hget(fleet.keys.stats, 'reconciled') or 0)} re-published by the reconciler"
+    )
+    assert kills == 6
+    assert doubled <= _ambiguous(fleet)
+    assert fleet.dlq.entries() == []
+
+
+#: Enqueue one trigger through enqueue_trigger (the CLI's path) from this process.
+_ENQUEUE_ONE = """
+import sys
+from tasks import enqueue_trigger
+
+enqueue_trigger(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_producer_whose_clock_is_60_s_behind_does_not_make_its_queued_trigger_look_lost(
+    own_fleet: Callable[..., Fleet], campaign: str, workdir: Path
+) -> None:
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        pytest.skip("needs libfaketime's faketime command to run a producer with a wrong clock")
+    fleet = own_fleet()  # grace 3 s, sweep every 1 s
+    _run_producer(fleet.env, _ENQUEUE_ONE, campaign, "on-time")
+    _run_producer(fleet.env, _ENQUEUE_ONE, campaign, "late-clock", wrap=[faketime, "-f", "-60s"])
+    # A worker that consumes another queue: it sweeps the fleet's pending records,
+    # and both triggers stay queued in the fleet's queue, the late clock's behind.
+    idle = WorkerProcess(workdir, fleet.env, queue=f"{fleet.queue}.idle", concurrency=1)
+    fleet.workers.append(idle)
+
+    time.sleep(3 + 5 * 1 + 1)  # the grace period and five sweeps
+
+    conn = fleet.redis()
+    assert conn.llen(fleet.queue) == 2  # nothing published twice
+    assert int(conn.hget(fleet.keys.stats, "reconciled") or 0) == 0
+    assert "re-published" not in idle.log()
+    assert fleet.store.status(fleet.scope(campaign, "on-time")).state == "queued"
+    assert fleet.store.status(fleet.scope(campaign, "late-clock")).state == "queued"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -185,3 +187,87 @@ def test_sigterm_during_a_batch_finishes_or_returns_every_trigger(
     ]
     assert len(accepted) == len(keys)  # nothing doubled either
     assert fleet.dlq.entries() == []
+
+
+# --- recovery behind a backlog ----------------------------------------------------------------
+
+#: Triggers queued behind the one whose worker is killed.
+BACKLOG = 20_000
+
+
+def _queue_behind(fleet: Fleet, tmp_path: Path, campaign: str) -> None:
+    """Enqueue ``campaign``/first, then BACKLOG triggers of another campaign behind it."""
+    assert cli(fleet.env, "enqueue", campaign, "first").returncode == 0
+    lines = (
+        json.dumps({"campaign_id": f"{campaign}-backlog", "idempotency_key": f"b{i}"}) + "\n"
+        for i in range(BACKLOG)
+    )
+    path = tmp_path / "backlog.jsonl"
+    path.write_text("".join(lines))
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "enqueue", "--file", str(path)],
+        env=fleet.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert fleet.redis().llen(fleet.queue) == BACKLOG + 1
+
+
+def _republished(fleet: Fleet) -> int:
+    return int(fleet.redis().hget(fleet.keys.stats, "reconciled") or 0)
+
+
+@pytest.fixture
+def slow_clix(own_sandbox: Callable[..., SandboxProcess]) -> SandboxProcess:
+    """A Clix answering after 20 ms: a 20,000 backlog takes minutes to drain."""
+    return own_sandbox("--latency-ms", "20")
+
+
+def test_trigger_whose_pool_process_died_is_requeued_ahead_of_a_20000_backlog(
+    own_fleet: Callable[..., Fleet], slow_clix: SandboxProcess, campaign: str, tmp_path: Path
+) -> None:
+    fleet = own_fleet(fast=False, clix=slow_clix)  # default settings: the recovery promise
+    slow_clix.script(campaign, {"status": 200, "delay_ms": 5000})
+    _queue_behind(fleet, tmp_path, campaign)
+    worker = fleet.start_worker(concurrency=2)
+    wait_until(lambda: _sending(fleet, campaign, "first"), 60, "the first trigger in flight")
+    pid = worker.proc.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        os.kill(int(child), signal.SIGKILL)  # reject_on_worker_lost requeues the message
+    killed_at = time.monotonic()
+
+    wait_until(lambda: _done(fleet, campaign, "first"), 125, "the requeued trigger", every_s=0.5)
+    assert time.monotonic() - killed_at < 120
+    assert fleet.redis().llen(fleet.queue) > BACKLOG // 2  # it did not wait for the backlog
+    # Let the reconciler judge the backlog (older than its grace period) a few times.
+    time.sleep(max(0.0, killed_at + 50 - time.monotonic()))
+    assert _republished(fleet) == 0
+    assert "re-published" not in worker.log()
+    requests = slow_clix.requests(campaign)
+    assert 1 <= len(requests) <= 2
+    assert _ambiguous(fleet) >= len(requests) - 1
+
+
+def test_whole_worker_killed_with_20000_queued_behind_its_trigger_recovers_within_120_s(
+    own_fleet: Callable[..., Fleet], slow_clix: SandboxProcess, campaign: str, tmp_path: Path
+) -> None:
+    fleet = own_fleet(fast=False, clix=slow_clix)  # default settings: the recovery promise
+    slow_clix.script(campaign, {"status": 200, "delay_ms": 5000})
+    _queue_behind(fleet, tmp_path, campaign)
+    first = fleet.start_worker(concurrency=2)
+    wait_until(lambda: _sending(fleet, campaign, "first"), 60, "the first trigger in flight")
+    first.kill()
+    second = fleet.start_worker(concurrency=2)
+    restarted_at = time.monotonic()
+
+    wait_until(lambda: _done(fleet, campaign, "first"), 125, "the killed trigger", every_s=0.5)
+    assert time.monotonic() - restarted_at < 120
+    assert fleet.redis().llen(fleet.queue) > 0  # the backlog is still draining
+    assert _republished(fleet) == 0
+    assert "re-published" not in second.log()
+    requests = slow_clix.requests(campaign)
+    assert 1 <= len(requests) <= 2
+    assert _ambiguous(fleet) >= len(requests) - 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -10,7 +12,7 @@ import pytest
 from config.keys import KeySpace, Scope
 from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import ClaimState, IdempotencyStore, new_owner
-from tasks.pending import PendingLedger, PendingTrigger
+from tasks.pending import ENQUEUED_AT_HEADER, RECORD_SCRIPT, PendingLedger, PendingTrigger
 
 T0 = 1_700_000_000.0
 T0_MS = int(T0 * 1000)
@@ -25,49 +27,20 @@ class Clock:
         return self.now
 
 
-class RecordingPipeline:
-    """Wraps a fakeredis pipeline and records the commands queued on it."""
+class CountingRedis(fakeredis.FakeRedis):
+    """A fakeredis client that records every command it sends (a pipeline counts once)."""
 
-    def __init__(self, inner: Any, log: list[str]) -> None:
-        self._inner = inner
-        self._log = log
-        self.commands: list[str] = []
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[str] = []
 
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self._inner, name)
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(str(args[0]).upper())
+        return super().execute_command(*args, **options)
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if name == "execute":
-                self._log.append("execute")
-            else:
-                self.commands.append(name)
-            return target(*args, **kwargs)
-
-        return call
-
-
-class RecordingRedis:
-    """A redis client seam: every direct command and every pipeline is recorded."""
-
-    def __init__(self, inner: fakeredis.FakeRedis) -> None:
-        self._inner = inner
-        self.calls: list[str] = []
-        self.pipelines: list[tuple[dict[str, Any], RecordingPipeline]] = []
-
-    def pipeline(self, *args: Any, **kwargs: Any) -> RecordingPipeline:
-        self.calls.append("pipeline")
-        pipe = RecordingPipeline(self._inner.pipeline(*args, **kwargs), self.calls)
-        self.pipelines.append((kwargs, pipe))
-        return pipe
-
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self._inner, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
-            return target(*args, **kwargs)
-
-        return call
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append("PIPELINE")
+        return super().pipeline(*args, **kwargs)
 
 
 def trigger(campaign: str = "camp-1", key: str = "key-1", **more: Any) -> dict[str, Any]:
@@ -118,19 +91,72 @@ def test_record_writes_a_record_and_an_index_entry_per_trigger(
     assert ledger.depth() == 2
 
 
-def test_record_sends_every_trigger_in_one_pipelined_round_trip(
+def test_record_sends_every_trigger_in_one_round_trip(
+    fake_server: fakeredis.FakeServer, keys: KeySpace
+) -> None:
+    counting = CountingRedis(server=fake_server)
+    ledger = PendingLedger(counting, keys, ttl_s=TTL_S)
+    ledger.record([trigger(key="warm-up")])  # loads the script once per server
+    counting.sent.clear()
+
+    ledger.record([trigger(key=f"key-{i}") for i in range(500)])
+
+    assert counting.sent == ["EVALSHA"]
+    assert counting.zcard(keys.pending_index) == 501
+
+
+def test_record_stamps_with_the_stores_clock_and_returns_the_stamp(
     fake_redis: fakeredis.FakeRedis, keys: KeySpace
 ) -> None:
-    recording = RecordingRedis(fake_redis)
-    ledger = PendingLedger(recording, keys, ttl_s=TTL_S)  # type: ignore[arg-type]
+    ledger = PendingLedger(fake_redis, keys, ttl_s=TTL_S)  # no clock: Redis TIME
+    before_s, before_us = fake_redis.time()
 
-    ledger.record([trigger(key=f"key-{i}") for i in range(3)], T0_MS)
+    stamp = ledger.record([trigger(key="key-1"), trigger(key="key-2")])
 
-    assert recording.calls == ["pipeline", "execute"]
-    (options, pipe) = recording.pipelines[0]
-    assert options == {"transaction": False}
-    assert pipe.commands == ["set", "zadd"] * 3
-    assert fake_redis.zcard(keys.pending_index) == 3
+    after_s, after_us = fake_redis.time()
+    assert before_s * 1000 + before_us // 1000 <= stamp <= after_s * 1000 + after_us // 1000
+    for key in ("key-1", "key-2"):
+        record = ledger.get(keys.pending("camp-1", key))
+        assert record is not None
+        assert record.enqueued_at_ms == stamp
+        assert fake_redis.zscore(keys.pending_index, keys.pending("camp-1", key)) == stamp
+
+
+def test_now_ms_without_a_clock_is_the_stores_time(
+    fake_redis: fakeredis.FakeRedis, keys: KeySpace
+) -> None:
+    ledger = PendingLedger(fake_redis, keys, ttl_s=TTL_S)
+    before_s, before_us = fake_redis.time()
+
+    now = ledger.now_ms()
+
+    after_s, after_us = fake_redis.time()
+    assert before_s * 1000 + before_us // 1000 <= now <= after_s * 1000 + after_us // 1000
+
+
+def test_record_with_an_explicit_stamp_uses_it(
+    fake_redis: fakeredis.FakeRedis, keys: KeySpace
+) -> None:
+    ledger = PendingLedger(fake_redis, keys, ttl_s=TTL_S)
+
+    assert ledger.record([trigger()], T0_MS + 7) == T0_MS + 7
+
+    assert ledger.get(keys.pending("camp-1", "key-1")) == PendingTrigger(
+        keys.pending("camp-1", "key-1"), trigger(), T0_MS + 7
+    )
+
+
+def test_a_record_keeps_any_json_kwargs_exactly(ledger: PendingLedger, keys: KeySpace) -> None:
+    kwargs = trigger(
+        properties={"quote": 'say "hi"\\n', "emoji": "caf\u00e9 \u2603", "n": 1.5, "ok": True},
+        audience={"targets": [{"project_user_id": "u1"}, {"device_id": "d9"}]},
+    )
+
+    ledger.record([kwargs], T0_MS)
+
+    assert ledger.get(keys.pending("camp-1", "key-1")) == PendingTrigger(
+        keys.pending("camp-1", "key-1"), kwargs, T0_MS
+    )
 
 
 def test_record_expires_with_exactly_the_configured_ttl(
@@ -152,13 +178,16 @@ def test_record_ttl_follows_a_long_idempotency_ttl(
     assert fake_redis.ttl(keys.pending("camp-1", "key-1")) == week
 
 
-def test_record_of_no_triggers_writes_nothing(
-    ledger: PendingLedger, fake_redis: fakeredis.FakeRedis
+def test_record_of_no_triggers_sends_and_writes_nothing(
+    fake_server: fakeredis.FakeServer, keys: KeySpace
 ) -> None:
-    ledger.record([], T0_MS)
+    counting = CountingRedis(server=fake_server)
+    ledger = PendingLedger(counting, keys, ttl_s=TTL_S)
 
-    assert fake_redis.keys("*") == []
-    assert ledger.depth() == 0
+    assert ledger.record([]) == 0
+
+    assert counting.sent == []
+    assert counting.keys("*") == []
 
 
 def test_the_same_trigger_enqueued_twice_is_one_record_with_the_latest_stamp(
@@ -478,3 +507,39 @@ def test_status_says_in_flight_over_queued_while_a_lease_is_held(
     store.claim(scope, new_owner("task-1"))
 
     assert store.status(scope).state == "in_flight"
+
+
+# --- the reference for producers in other languages ------------------------------------------
+
+
+def _reference_producer() -> Any:
+    path = Path(__file__).resolve().parents[2] / "examples" / "foreign-producer" / "publish.py"
+    spec = importlib.util.spec_from_file_location("foreign_producer", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_producer_runs_the_same_record_script() -> None:
+    assert _reference_producer().RECORD_SCRIPT == RECORD_SCRIPT
+
+
+def test_the_reference_producer_writes_a_record_the_ledger_reads(
+    fake_redis: fakeredis.FakeRedis, keys: KeySpace
+) -> None:
+    reference = _reference_producer()
+    kwargs = trigger("camp:1/x", "key 1", properties={"order_id": "ORD-1"})
+
+    stamp = reference.record_pending(fake_redis, keys.prefix, TTL_S, kwargs)
+
+    key = keys.pending("camp:1/x", "key 1")
+    assert reference.pending_key(keys.prefix, "camp:1/x", "key 1") == key
+    assert PendingLedger(fake_redis, keys, ttl_s=TTL_S).get(key) == PendingTrigger(
+        key, kwargs, stamp
+    )
+    assert fake_redis.zscore(keys.pending_index, key) == stamp
+    assert fake_redis.ttl(key) == TTL_S
+    message = reference.celery_message("clix.triggers", kwargs, stamp)
+    assert message["headers"][ENQUEUED_AT_HEADER] == stamp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import IdempotencyStore, new_owner
 from tasks.pending import ENQUEUED_AT_HEADER, PendingLedger
 from tasks.reconciler import (
+    PUBLISH_WINDOW_S,
     UNKNOWN,
     AmqpBrokerView,
     BrokerView,
@@ -23,9 +25,11 @@ from tasks.reconciler import (
     RedisBrokerView,
     SweepReport,
 )
+from worker.reconciliation import ReconcilerThread
 
 T0 = 1_700_000_000.0
 T0_MS = int(T0 * 1000)
+WINDOW_MS = int(PUBLISH_WINDOW_S * 1000)
 GRACE_S = 30.0
 INTERVAL_S = 10.0
 QUEUE = "clix-triggers"
@@ -50,15 +54,15 @@ class FakeBroker:
     """A BrokerView whose answers the test sets, recording what it was asked."""
 
     oldest: int | None = None
-    unacked: set[tuple[str, str]] = field(default_factory=set)
+    unacked: set[tuple[str, str]] | None = field(default_factory=set)
     asked: list[str] = field(default_factory=list)
 
     def oldest_enqueued_ms(self, queue: str) -> int | None:
         self.asked.append(queue)
         return self.oldest
 
-    def unacknowledged(self) -> set[tuple[str, str]]:
-        return set(self.unacked)
+    def unacknowledged(self) -> set[tuple[str, str]] | None:
+        return None if self.unacked is None else set(self.unacked)
 
 
 @dataclass
@@ -512,11 +516,111 @@ def test_once_the_queue_head_is_younger_than_the_record_it_is_republished(
     assert reconciler.sweep().waiting_in_queue == 1
     next_interval(fake_redis, keys)
 
-    broker.oldest = stamp + 1  # the backlog drained past it: its message is gone
+    broker.oldest = stamp + WINDOW_MS + 1  # the backlog drained past it: its message is gone
     report = reconciler.sweep()
 
     assert report.republished == ["camp-1/key-1"]
     assert len(publish.calls) == 1
+
+
+def test_a_queue_head_stamped_within_the_publish_window_after_the_record_may_be_behind_it(
+    reconciler: Reconciler,
+    ledger: PendingLedger,
+    clock: Clock,
+    broker: FakeBroker,
+    publish: RecordingPublish,
+) -> None:
+    # Two producers stamp, then publish in the other order: the later stamp is the head.
+    stamp = record_stale(ledger, clock, trigger())
+    broker.oldest = stamp + WINDOW_MS
+
+    report = reconciler.sweep()
+
+    assert publish.calls == []
+    assert report.waiting_in_queue == 1
+
+
+# --- the store's clock ----------------------------------------------------------------------
+
+
+def store_ms(fake_redis: fakeredis.FakeRedis) -> int:
+    seconds, micros = fake_redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def test_without_a_clock_the_cutoff_is_the_stores_time_not_the_hosts(
+    make_reconciler: MakeReconciler,
+    fake_redis: fakeredis.FakeRedis,
+    keys: KeySpace,
+    publish: RecordingPublish,
+) -> None:
+    # The test clock of the fixtures stands at T0 (years ago): a reconciler reading
+    # any clock but the store's would take both records for lost.
+    ledger = PendingLedger(fake_redis, keys, ttl_s=3_600)  # stamps with Redis TIME
+    now = store_ms(fake_redis)
+    ledger.record([trigger(key="stale")], now - int(GRACE_S * 1000) - 1_000)
+    fresh_stamp = ledger.record([trigger(key="fresh")])
+
+    report = make_reconciler(pending=ledger, clock=None).sweep()
+
+    assert [kwargs["idempotency_key"] for kwargs, _ in publish.calls] == ["stale"]
+    [(_, restamp)] = publish.calls
+    assert now <= restamp <= store_ms(fake_redis)  # the new stamp is the store's time too
+    assert report.republished == ["camp-1/stale"]
+    assert stamp_of(fake_redis, keys, "camp-1", "fresh") == fresh_stamp
+
+
+# --- bounded work ---------------------------------------------------------------------------
+
+
+def test_when_unacknowledged_messages_cannot_be_read_nothing_is_republished(
+    reconciler: Reconciler,
+    ledger: PendingLedger,
+    store: IdempotencyStore,
+    scope: Scope,
+    clock: Clock,
+    broker: FakeBroker,
+    publish: RecordingPublish,
+) -> None:
+    record_stale(ledger, clock, trigger(key="lost"), trigger_of(scope))
+    store.claim(scope, new_owner("task-1"))
+    broker.unacked = None  # too many to read this sweep
+
+    report = reconciler.sweep()
+
+    assert publish.calls == []
+    assert report.unacked_unknown is True
+    assert report.waiting_in_queue == 1
+    assert report.postponed == 1  # in flight is still known from the ledger
+
+
+class Ticking:
+    """A monotonic clock that moves ``step_s`` each time it is read."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now = 0.0
+        self.step_s = step_s
+
+    def __call__(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+def test_a_sweep_stops_judging_when_its_time_budget_of_one_interval_is_spent(
+    make_reconciler: MakeReconciler,
+    ledger: PendingLedger,
+    clock: Clock,
+    publish: RecordingPublish,
+) -> None:
+    record_stale(ledger, clock, *[trigger(key=f"key-{i}") for i in range(10)])
+    # every read of the clock moves it 0.4 interval: the budget (one interval) fits two
+    slow = make_reconciler(monotonic=Ticking(INTERVAL_S * 0.4))
+
+    report = slow.sweep()
+
+    assert report.out_of_time is True
+    assert len(publish.calls) == 2
+    assert ledger.depth() == 10  # the rest wait for the next sweep, untouched
 
 
 # --- refused publishes ----------------------------------------------------------------------
@@ -884,6 +988,37 @@ def test_redis_view_skips_an_unacknowledged_message_whose_properties_are_not_a_m
     assert RedisBrokerView(broker_redis).unacknowledged() == {("camp-1", "key-1")}
 
 
+def test_redis_view_reads_a_large_unacknowledged_hash_in_pages(
+    broker_redis: fakeredis.FakeRedis,
+) -> None:
+    broker_redis.hset(
+        "unacked",
+        mapping={
+            f"tag-{i}": unacked_value(kombu_message(trigger("camp-1", f"key-{i}")))
+            for i in range(1_200)
+        },
+    )
+
+    found = RedisBrokerView(broker_redis, max_unacked=1_200).unacknowledged()
+
+    assert found == {("camp-1", f"key-{i}") for i in range(1_200)}
+
+
+def test_redis_view_with_more_unacknowledged_messages_than_its_bound_cannot_tell(
+    broker_redis: fakeredis.FakeRedis,
+) -> None:
+    broker_redis.hset(
+        "unacked",
+        mapping={
+            f"tag-{i}": unacked_value(kombu_message(trigger("camp-1", f"key-{i}")))
+            for i in range(11)
+        },
+    )
+
+    assert RedisBrokerView(broker_redis, max_unacked=10).unacknowledged() is None
+    assert RedisBrokerView(broker_redis, max_unacked=11).unacknowledged() is not None
+
+
 def test_redis_view_with_no_unacknowledged_hash_is_empty(
     broker_redis: fakeredis.FakeRedis,
 ) -> None:
@@ -921,7 +1056,7 @@ def test_a_reconciler_on_a_drained_redis_broker_republishes_the_lost_trigger(
     broker_redis: fakeredis.FakeRedis,
 ) -> None:
     stamp = record_stale(ledger, clock, trigger())
-    newer = kombu_message(trigger("camp-1", "newer"), enqueued_at_ms=stamp + 5)
+    newer = kombu_message(trigger("camp-1", "newer"), enqueued_at_ms=stamp + WINDOW_MS + 5)
     broker_redis.lpush(QUEUE, json.dumps(newer))
 
     report = make_reconciler(broker=RedisBrokerView(broker_redis)).sweep()
@@ -971,3 +1106,53 @@ def test_a_reconciler_on_amqp_republishes_only_when_the_queue_is_empty(
 
     assert len(publish.calls) == republished
     assert report.waiting_in_queue == 1 - republished
+
+
+# --- the sweeping thread --------------------------------------------------------------------
+
+
+class ThreadNoting:
+    """Stands in for a Reconciler: notes the thread each sweep runs in."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.threads: list[str] = []
+        self.swept = threading.Event()
+        self.fail_first = fail_first
+        self.store = self  # the thread closes ``store.redis`` when it ends
+        self.redis = self
+        self.closed = False
+
+    def sweep(self) -> SweepReport:
+        self.threads.append(threading.current_thread().name)
+        if self.fail_first and len(self.threads) == 1:
+            raise ConnectionError("store down")
+        if len(self.threads) >= 2:
+            self.swept.set()
+        return SweepReport(swept=True)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_reconciler_sweeps_in_its_own_thread_until_stopped() -> None:
+    noting = ThreadNoting(fail_first=True)  # a failed sweep does not end the thread
+    built_in: list[str] = []
+    exited: list[bool] = []
+
+    def build() -> Reconciler:
+        built_in.append(threading.current_thread().name)
+        return noting  # type: ignore[return-value]
+
+    thread = ReconcilerThread(build, interval_s=0.01, on_exit=lambda: exited.append(True))
+    thread.start()
+    try:
+        assert noting.swept.wait(timeout=30)
+    finally:
+        thread.stop(timeout_s=30)
+
+    assert not thread.is_alive()
+    assert built_in == ["clix-reconciler"]  # its connections are made in the thread
+    assert set(noting.threads) == {"clix-reconciler"}
+    assert threading.current_thread().name not in noting.threads
+    assert noting.closed is True
+    assert exited == [True]

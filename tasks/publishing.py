@@ -1,0 +1,116 @@
+"""Every publish of ``trigger_campaign`` through this project's app gets a pending record.
+
+``enqueue_trigger``, ``trigger_campaign.delay``, the bulk path and the
+reconciler write the record themselves (validating first) and mark the message
+with :data:`~tasks.pending.ENQUEUED_AT_HEADER`. A Python producer may also
+publish by name, ``app.send_task("trigger_campaign", kwargs=...)``, which
+never goes through the task class. Celery sends ``before_task_publish`` for
+every publish whatever the call, in the publishing process, with the message's
+headers still open for change: :data:`record_pending` writes the record there
+(one round trip, stamped by the store's clock) and puts the stamp in the header,
+unless the header says it is written already. So each publish writes exactly
+one record, and a worker killed between kombu's ``BRPOP`` and its unacked
+bookkeeping can no longer lose a ``send_task`` trigger for good.
+
+Only publishes through this project's app count (another Celery app in the same
+process, say a test's stand-in for a producer in another language, is left
+alone): the queue Celery declares for the message is this app's own queue
+object. Producers in other languages write the record themselves; see
+``examples/foreign-producer``.
+
+Celery logs and swallows an exception raised by a signal handler, so a store
+that cannot be written cannot stop the publish here: the message goes out
+without a record (delivered as usual unless its worker dies in that gap) and an
+error line names the trigger. ``enqueue_trigger`` raises instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from celery import Celery
+from celery.signals import before_task_publish
+
+from config.celery_app import TASK_NAME, app, app_settings
+from config.settings import Settings
+from tasks import context
+from tasks.pending import ENQUEUED_AT_HEADER, PendingLedger
+
+__all__ = ["PendingRecorder", "record_pending", "trigger_kwargs"]
+
+logger = logging.getLogger("clix.producer")
+
+
+def trigger_kwargs(body: Any) -> dict[str, Any] | None:
+    """The kwargs of a task message body that can be keyed (campaign and key strings)."""
+    if isinstance(body, list | tuple) and len(body) >= 2:  # protocol 2: (args, kwargs, embed)
+        kwargs = body[1]
+    elif isinstance(body, dict):  # protocol 1
+        kwargs = body.get("kwargs")
+    else:
+        return None
+    if not isinstance(kwargs, dict):
+        return None
+    if not isinstance(kwargs.get("campaign_id"), str):
+        return None
+    if not isinstance(kwargs.get("idempotency_key"), str):
+        return None
+    return kwargs
+
+
+class PendingRecorder:
+    """The ``before_task_publish`` receiver of one Celery app; see the module docstring.
+
+    ``ledger_for`` gives the pending ledger of the app's settings (one Redis pool
+    per process and store in production; fakeredis in tests).
+    """
+
+    def __init__(
+        self,
+        celery_app: Celery,
+        ledger_for: Callable[[Settings], PendingLedger] = context.producer_ledger,
+    ) -> None:
+        self.app = celery_app
+        self.ledger_for = ledger_for
+
+    def through_this_app(self, declare: Sequence[Any] | None) -> bool:
+        """Whether Celery routed the message to this app's trigger queue (the same object)."""
+        ours = self.app.amqp.queues.get(app_settings(self.app).clix_queue)
+        return ours is not None and any(queue is ours for queue in declare or ())
+
+    def __call__(
+        self,
+        sender: str | None = None,
+        body: Any = None,
+        headers: dict[str, Any] | None = None,
+        declare: Sequence[Any] | None = None,
+        **_: Any,
+    ) -> None:
+        """Write the pending record of a message published without one; stamp its header."""
+        if headers is None or ENQUEUED_AT_HEADER in headers:
+            return  # written by enqueue_trigger, the bulk path or the reconciler
+        if sender != TASK_NAME or not self.through_this_app(declare):
+            return
+        kwargs = trigger_kwargs(body)
+        if kwargs is None:
+            return  # cannot be keyed: the worker dead-letters it as invalid_payload
+        try:
+            ledger = self.ledger_for(app_settings(self.app))
+            headers[ENQUEUED_AT_HEADER] = ledger.record([kwargs])
+        except Exception as exc:  # noqa: BLE001 - Celery would swallow it; say which trigger
+            logger.error(
+                "published without a pending record (the store could not be written): "
+                "campaign_id=%s idempotency_key=%s error=%s",
+                kwargs["campaign_id"],
+                kwargs["idempotency_key"],
+                type(exc).__name__,
+            )
+
+
+#: The receiver of this project's app, connected once per process.
+record_pending = PendingRecorder(app)
+before_task_publish.connect(
+    record_pending, sender=TASK_NAME, weak=False, dispatch_uid="clix-pending-record"
+)
