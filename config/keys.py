@@ -20,6 +20,12 @@ key                                   type     meaning, lifetime
 ``{p}:pending:{campaign}:{key}``      string   accepted, not yet done/dead: kwargs; TTL
 ``{p}:pending-index``                 zset     pending record keys by enqueue time (ms)
 ``{p}:reconciler``                    string   lease of the worker sweeping pending records
+``{p}:scheduled:{campaign}:{key}``    hash     scheduled, not yet due: kwargs, send_at_ms,
+                                               task_id (the message's id when it is due); TTL
+``{p}:schedule``                      zset     scheduled record keys by due time (ms); a
+                                               mover that takes one pushes it ahead (retake)
+``{p}:cancelled:{campaign}:{key}``    string   cancelled before it was sent: time (ms); TTL
+``{p}:projects``                      set      project ids the fleet's workers send for
 ``{p}:ratelimit:{project}``           string   GCRA theoretical arrival time (us); PX
 ``{p}:breaker:{project}``             hash     circuit breaker state, reason, probe_at
 ====================================  =======  ==========================================
@@ -99,6 +105,24 @@ class KeySpace:
     def pending_index(self) -> str:
         """Sorted set of pending record keys, scored by enqueue time (ms)."""
         return f"{self.prefix}:pending-index"
+
+    def scheduled(self, campaign_id: str, idempotency_key: str) -> str:
+        """Scheduled record of a trigger not yet due (campaign and key, like pending)."""
+        return f"{self.prefix}:scheduled:{_part(campaign_id)}:{_part(idempotency_key)}"
+
+    @property
+    def schedule(self) -> str:
+        """Sorted set of scheduled record keys, scored by due time (ms)."""
+        return f"{self.prefix}:schedule"
+
+    def cancelled(self, campaign_id: str, idempotency_key: str) -> str:
+        """Marker of a trigger cancelled before it was sent (campaign and key)."""
+        return f"{self.prefix}:cancelled:{_part(campaign_id)}:{_part(idempotency_key)}"
+
+    @property
+    def projects(self) -> str:
+        """Set of the project ids the fleet's workers send for (registered at start-up)."""
+        return f"{self.prefix}:projects"
 
     @property
     def reconciler_lease(self) -> str:

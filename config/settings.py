@@ -106,6 +106,23 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How often one worker of the fleet sweeps pending triggers."
     )
     clix_reconcile_batch: int = Field(500, ge=1, description="Pending records per sweep.")
+    clix_schedule_tick_s: float = Field(
+        0.2, gt=0, le=1.0, description="How often each worker moves due scheduled triggers."
+    )
+    clix_schedule_batch: int = Field(
+        200, ge=1, description="Scheduled triggers one mover takes per round trip."
+    )
+    clix_schedule_retake_s: float = Field(
+        3.0,
+        gt=0,
+        description="A scheduled trigger taken by a mover that died is taken again after this.",
+    )
+    clix_attempt_history: int = Field(
+        20, ge=0, le=100, description="Attempts remembered per trigger (0: none)."
+    )
+    clix_duplicate_wait_s: float = Field(
+        3.0, ge=0, description="A duplicate waits this long for the original's trigger_id."
+    )
     clix_breaker_probe_s: float = Field(5.0, gt=0, description="Outage: probe interval.")
     clix_auth_probe_s: float = Field(30.0, gt=0, description="401/403: probe interval.")
     clix_breaker_window_s: float = Field(

@@ -8,6 +8,7 @@ before anything is published. It needs no Clix credentials.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from config.celery_app import app, app_settings
@@ -15,6 +16,7 @@ from tasks.context import plan_registry, producer_ledger
 from tasks.errors import InvalidTrigger
 from tasks.models import TriggerRequest
 from tasks.plans import check_contract
+from tasks.scheduler import when_from
 from tasks.trigger import trigger_campaign
 
 __all__ = ["enqueue_many", "enqueue_trigger"]
@@ -26,16 +28,29 @@ def enqueue_trigger(
     *,
     audience: dict[str, Any] | None = None,
     properties: dict[str, Any] | None = None,
+    send_at: datetime | None = None,
+    delay_s: float | None = None,
     **options: Any,
 ) -> Any:
     """Validate and enqueue one trigger; return its Celery ``AsyncResult``.
 
     ``audience`` and ``properties`` are sent exactly as given (leave them out
-    for none). ``options`` go to ``apply_async`` (``countdown`` is refused:
-    a delayed message would sit in worker memory past the prefetch limit).
+    for none). ``send_at`` (a timezone-aware datetime) or ``delay_s`` (seconds
+    from now) schedule the trigger instead: it waits in Redis, not in a worker,
+    and is sent within about a second after its time. Its idempotency key is
+    taken now: scheduling or enqueueing the same key again is a duplicate. The
+    result is the ``AsyncResult`` of the message that will be sent.
+    ``options`` go to ``apply_async`` (``countdown``/``eta`` mean the same as
+    ``delay_s``/``send_at``).
     """
-    if "countdown" in options or "eta" in options:
-        raise InvalidTrigger(["countdown/eta: not supported; enqueue when the trigger is due"])
+    when = when_from(send_at=send_at, delay_s=delay_s)
+    if when is not None:
+        if "countdown" in options or "eta" in options:
+            raise InvalidTrigger(["give one of send_at / delay_s / eta / countdown, not several"])
+        if when.send_at_ms is not None:
+            options["eta"] = send_at
+        else:
+            options["countdown"] = delay_s
     kwargs: dict[str, Any] = {"campaign_id": campaign_id, "idempotency_key": idempotency_key}
     if audience is not None:
         kwargs["audience"] = audience

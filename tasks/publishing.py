@@ -26,7 +26,9 @@ error line names the trigger. ``enqueue_trigger`` raises instead.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,9 +36,11 @@ from celery import Celery
 from celery.signals import before_task_publish
 
 from config.celery_app import TASK_NAME, app, app_settings
+from config.keys import KeySpace
 from config.settings import Settings
 from tasks import context
 from tasks.pending import ENQUEUED_AT_HEADER, PendingLedger
+from tasks.schedule import ScheduleStore
 
 __all__ = ["PendingRecorder", "record_pending", "trigger_kwargs"]
 
@@ -71,9 +75,17 @@ class PendingRecorder:
         self,
         celery_app: Celery,
         ledger_for: Callable[[Settings], PendingLedger] = context.producer_ledger,
+        schedule_for: Callable[[Settings], ScheduleStore] | None = None,
     ) -> None:
         self.app = celery_app
         self.ledger_for = ledger_for
+        self.schedule_for = schedule_for or (
+            lambda settings: ScheduleStore(
+                ledger_for(settings).redis,
+                KeySpace(settings.clix_key_prefix),
+                ttl_s=settings.clix_idempotency_ttl_s,
+            )
+        )
 
     def through_this_app(self, declare: Sequence[Any] | None) -> bool:
         """Whether Celery routed the message to this app's trigger queue (the same object)."""
@@ -96,6 +108,9 @@ class PendingRecorder:
         kwargs = trigger_kwargs(body)
         if kwargs is None:
             return  # cannot be keyed: the worker dead-letters it as invalid_payload
+        if headers.get("eta"):
+            self._schedule_instead(kwargs, headers)
+            return
         try:
             ledger = self.ledger_for(app_settings(self.app))
             headers[ENQUEUED_AT_HEADER] = ledger.record([kwargs])
@@ -107,6 +122,38 @@ class PendingRecorder:
                 kwargs["idempotency_key"],
                 type(exc).__name__,
             )
+
+    def _schedule_instead(self, kwargs: dict[str, Any], headers: dict[str, Any]) -> None:
+        """``send_task(..., countdown=/eta=)``: put the trigger on the schedule, never an ETA.
+
+        The message still goes out (a signal handler cannot stop it), now and
+        without its ETA; it carries the scheduled record's task id and is due
+        later, so the worker's claim drops it as an early copy. The mover
+        publishes the trigger again, with the same id, when it is due.
+        """
+        eta = dt.datetime.fromisoformat(str(headers["eta"]))
+        if eta.tzinfo is None:  # Celery without a timezone writes UTC
+            eta = eta.replace(tzinfo=dt.UTC)
+        try:
+            settings = app_settings(self.app)
+            scheduled = self.schedule_for(settings).schedule(
+                kwargs,
+                send_at_ms=math.ceil(eta.timestamp() * 1000),
+                project_id=settings.clix_project_id,
+                task_id=str(headers.get("id") or ""),
+            )
+        except Exception as exc:  # noqa: BLE001 - Celery would swallow it; say which trigger
+            logger.error(
+                "could not schedule a send_task with countdown/eta; it is sent now: "
+                "campaign_id=%s idempotency_key=%s error=%s",
+                kwargs["campaign_id"],
+                kwargs["idempotency_key"],
+                type(exc).__name__,
+            )
+            return
+        if scheduled.task_id is not None:
+            headers["eta"] = None
+            headers[ENQUEUED_AT_HEADER] = 0  # no pending record: the schedule holds it
 
 
 #: The receiver of this project's app, connected once per process.

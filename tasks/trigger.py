@@ -35,6 +35,7 @@ from tasks.errors import (
 from tasks.models import TriggerRequest
 from tasks.pending import ENQUEUED_AT_HEADER
 from tasks.plans import check_contract
+from tasks.scheduler import schedule_trigger, when_from
 
 __all__ = ["RedactedRequest", "TriggerTask", "summary", "trigger_campaign"]
 
@@ -126,6 +127,8 @@ class TriggerTask(Task):  # type: ignore[misc]
         """
         if args:
             raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
+        # a countdown/eta is never a Celery ETA message: it goes on the schedule
+        when = when_from(eta=options.pop("eta", None), countdown=options.pop("countdown", None))
         trigger = TriggerRequest.parse(kwargs if kwargs is not None else {})
         clean = trigger.to_kwargs()
         settings = app_settings(self.app)
@@ -143,6 +146,12 @@ class TriggerTask(Task):  # type: ignore[misc]
                 strict=settings.clix_plans_strict,
                 pii_warning=settings.clix_pii_warning,
             )
+            if when is not None:
+                scheduled = schedule_trigger(clean, when, settings, task_id=options.get("task_id"))
+                if scheduled.task_id is not None:  # scheduled now, or before under this key
+                    return self.AsyncResult(scheduled.task_id)
+                # the key is queued, in flight, done or cancelled: publish a copy now,
+                # which the worker answers as a duplicate with the first result
             # stamped by the store's clock; a failed write raises here, before publishing
             enqueued_at_ms = context.producer_ledger(settings).record([clean])
         options["headers"] = {**(options.get("headers") or {}), ENQUEUED_AT_HEADER: enqueued_at_ms}

@@ -31,6 +31,7 @@ try:
     from worker.consumption import BreakerConsumption
     from worker.metrics import MetricsServer
     from worker.reconciliation import Reconciliation
+    from worker.scheduling import Scheduling
 except ConfigurationError as _exc:
     # Invalid settings: one clear line instead of an import traceback, for the
     # worker, Flower and the CLI alike (exit 2: fix the configuration).
@@ -99,6 +100,7 @@ app.steps["worker"].add(StartupCheck)
 app.steps["worker"].add(MetricsServer)
 app.steps["consumer"].add(BreakerConsumption)
 app.steps["consumer"].add(Reconciliation)
+app.steps["consumer"].add(Scheduling)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -7,6 +7,7 @@ module                      verbs
 ==========================  ==============================================
 :mod:`worker.cli.enqueue`   ``enqueue``
 :mod:`worker.cli.status`    ``status``
+:mod:`worker.cli.cancel`    ``cancel``
 :mod:`worker.cli.health`    ``check``, ``health``
 :mod:`worker.cli.dlq`       ``dlq list / show / stats / replay / purge``
 :mod:`worker.cli.plan`      ``plan validate / init``
@@ -41,6 +42,7 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
+    from worker.cli.cancel import cancel
     from worker.cli.dlq import dlq
     from worker.cli.enqueue import enqueue
     from worker.cli.health import check, health
@@ -48,7 +50,7 @@ def _register_commands() -> None:
     from worker.cli.processes import metrics, sandbox, up
     from worker.cli.status import status
 
-    for command in (enqueue, status, check, health, sandbox, metrics, up, dlq, plan):
+    for command in (enqueue, status, cancel, check, health, sandbox, metrics, up, dlq, plan):
         cli.add_command(command)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from worker.cli.console import RET_USAGE, emit, fail, load_settings
+from worker.cli.time_filter import parse_duration
 
 __all__ = ["enqueue"]
 
@@ -23,10 +25,47 @@ def _property(value: str) -> tuple[str, Any]:
     name, sep, raw = value.partition("=")
     if not sep or not name:
         raise click.BadParameter(f"expected NAME=VALUE, got {value!r}")
+    if any(char.isspace() or not char.isprintable() for char in name):
+        suggestion = "_".join(name.lower().split())
+        raise click.BadParameter(
+            f"property name {name!r} has a space; Clix properties are snake_case "
+            f"(e.g. {suggestion!r})"
+        )
     try:
         return name, json.loads(raw)  # 3 -> number, true -> boolean
     except ValueError:
         return name, raw
+
+
+def _properties(props: tuple[str, ...]) -> dict[str, Any] | None:
+    """``-p NAME=VALUE`` options as a dict; a name given twice is refused."""
+    if not props:
+        return None
+    properties: dict[str, Any] = {}
+    for item in props:
+        name, value = _property(item)
+        if name in properties:
+            raise click.BadParameter(f"{name!r} given twice; give each property once")
+        properties[name] = value
+    return properties
+
+
+def _when(at: str | None, within: str | None) -> tuple[datetime | None, float | None]:
+    """``--at`` / ``--in`` as ``(send_at, delay_s)``; a bad value is a usage error."""
+    if at is not None and within is not None:
+        fail("give --at or --in, not both", RET_USAGE)
+    if at is not None:
+        try:
+            moment = datetime.fromisoformat(at.strip())
+        except ValueError:
+            fail(f"--at: {at!r} is not an ISO-8601 time (2026-12-01T18:30:00Z)", RET_USAGE)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
+    if within is not None:
+        try:
+            return None, parse_duration(within)
+        except ValueError as exc:
+            fail(f"--in: {exc}", RET_USAGE)
+    return None, None
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -58,6 +97,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     type=click.Path(path_type=Path),
     help="JSON-lines file, one trigger (task kwargs) per line.",
 )
+@click.option("--at", "at", metavar="TIME", help="Send at this ISO-8601 time (UTC if no zone).")
+@click.option("--in", "within", metavar="DURATION", help="Send this long from now: 90s, 15m, 2h.")
 @click.option("--json", "as_json", is_flag=True, help="Print task ids as JSON.")
 def enqueue(
     campaign_id: str | None,
@@ -67,10 +108,16 @@ def enqueue(
     devices: tuple[str, ...],
     props: tuple[str, ...],
     file: Path | None,
+    at: str | None,
+    within: str | None,
     as_json: bool,
 ) -> None:
-    """Validate and enqueue one trigger from flags, or many from --file."""
-    load_settings()
+    """Validate and enqueue one trigger from flags, or many from --file.
+
+    --at / --in schedule the trigger instead: it waits in Redis and is sent
+    within about a second after its time; its idempotency key is taken now.
+    """
+    settings = load_settings()
     from tasks.errors import InvalidTrigger
     from tasks.models import TriggerRequest
     from tasks.producer import enqueue_many, enqueue_trigger
@@ -78,6 +125,8 @@ def enqueue(
     if file is not None:
         if campaign_id or idempotency_key:
             fail("give either CAMPAIGN_ID IDEMPOTENCY_KEY or --file, not both", RET_USAGE)
+        if at is not None or within is not None:
+            fail("--at / --in schedule one trigger; not with --file", RET_USAGE)
         if not file.is_file():
             fail(f"cannot read {file}: no such file", RET_USAGE)
         triggers, problems = [], []
@@ -99,8 +148,13 @@ def enqueue(
         emit({"enqueued": len(ids), "task_ids": ids}, as_json, f"enqueued {len(ids)} triggers")
         return
 
-    if not campaign_id or not idempotency_key:
+    if campaign_id is None or idempotency_key is None:
         fail("give CAMPAIGN_ID and IDEMPOTENCY_KEY, or --file", RET_USAGE)
+    if not campaign_id.strip():
+        fail("the campaign id is empty", RET_USAGE)
+    if not idempotency_key.strip():
+        fail("the idempotency key is empty", RET_USAGE)
+    send_at, delay_s = _when(at, within)
     audience: dict[str, Any] | None = None
     if broadcast or users or devices:
         audience = {}
@@ -109,13 +163,35 @@ def enqueue(
         targets = [{"project_user_id": u} for u in users] + [{"device_id": d} for d in devices]
         if targets:
             audience["targets"] = targets
+    from tasks.dlq_entry import iso_time
+    from tasks.scheduler import producer_schedule
+
+    scheduled = send_at is not None or delay_s is not None
+    schedule = producer_schedule(settings)
+    before = schedule.get(campaign_id, idempotency_key) if scheduled else None
     try:
-        properties = dict(_property(p) for p in props) if props else None
+        properties = _properties(props)
         result = enqueue_trigger(
-            campaign_id, idempotency_key, audience=audience, properties=properties
+            campaign_id,
+            idempotency_key,
+            audience=audience,
+            properties=properties,
+            send_at=send_at,
+            delay_s=delay_s,
         )
     except click.BadParameter as exc:
         fail(f"--property: {exc.message}", RET_USAGE)
     except InvalidTrigger as exc:
         fail(str(exc))
-    emit({"task_id": result.id}, as_json, f"enqueued task {result.id}")
+    if not scheduled:
+        emit({"task_id": result.id}, as_json, f"enqueued task {result.id}")
+        return
+    record = schedule.get(campaign_id, idempotency_key)
+    if record is None:  # the key was queued, in flight, done or cancelled already
+        human = f"not scheduled: the key is taken (see `clix-worker status`); task {result.id}"
+        emit({"task_id": result.id, "scheduled": False}, as_json, human)
+        return
+    when = iso_time(record.send_at_ms / 1000)
+    again = before is not None
+    human = f"{'already scheduled' if again else 'scheduled'} task {record.task_id} for {when}"
+    emit({"task_id": record.task_id, "scheduled": True, "send_at": when}, as_json, human)

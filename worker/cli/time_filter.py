@@ -1,4 +1,5 @@
-"""Reading a point in time from the command line (``dlq ... --since / --until``).
+"""Reading a point in time from the command line (``dlq ... --since / --until``,
+``enqueue --at``) and a duration (``enqueue --in``).
 
 Two forms are accepted:
 
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-__all__ = ["TimeFilter", "parse_instant"]
+__all__ = ["TimeFilter", "parse_duration", "parse_instant"]
 
 _UNITS_S = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 _AGE = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
@@ -55,6 +56,17 @@ def parse_instant(text: str, now: datetime) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration like ``90s``, ``15m``, ``2h``, ``1h30m`` (``enqueue --in``).
+
+    Raises ``ValueError`` naming the accepted form.
+    """
+    value = text.strip().lower()
+    if not _AGE.fullmatch(value):
+        raise ValueError(f"{text!r} is not a duration (90s, 15m, 2h, 1h30m)")
+    return sum(float(n) * _UNITS_S[unit] for n, unit in _AGE_PART.findall(value))
 
 
 class TimeFilter(_ParamType):
