@@ -61,7 +61,7 @@ PLAN_TYPES: Final = ("string", "number", "boolean", "datetime")
 AUDIENCE_MODES: Final = ("broadcast", "targets", "default")
 MAX_DYNAMIC_FILTER_KEYS: Final = 3
 #: Folders are searched for files whose name ends with this (``api-trigger-plan.json`` too).
-PLAN_FILE_SUFFIX: Final = "api-trigger-plan.json"
+PLAN_FILE_SUFFIX: Final = ".json"
 
 _SNAKE = re.compile(r"[a-z][a-z0-9_]*")
 _SNAKE_TEXT = "^[a-z][a-z0-9_]*$"

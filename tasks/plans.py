@@ -172,10 +172,10 @@ class PlanRegistry:
         """Load the plans named by a ``CLIX_PLANS`` value.
 
         ``spec`` lists files and folders separated by ``os.pathsep`` or commas.
-        A file is read whatever its name. A folder is searched recursively for
-        files whose name ends with ``api-trigger-plan.json`` (so
-        ``.clix/api-trigger-plan.json`` and ``store-pickup.api-trigger-plan.json``),
-        skipping hidden folders other than ``.clix``, ``node_modules``,
+        A file is read whatever its name. A folder is searched recursively and
+        every ``*.json`` file in it is a plan (``.clix/api-trigger-plan.json``,
+        ``store_pickup.json``, ``welcome.json``), skipping hidden folders other
+        than ``.clix``, ``node_modules``,
         ``__pycache__`` and ``venv``. A missing path, a folder without plans,
         an unreadable or invalid plan and two plans for one campaign raise
         :class:`PlanError` naming the files.

@@ -132,7 +132,7 @@ def test_cli_validate_missing_path_exits_2_after_checking_the_rest(tmp_path: Pat
 def test_cli_validate_folder_without_plans_exits_2(tmp_path: Path) -> None:
     result = invoke("validate", str(tmp_path))
     assert result.exit_code == RET_USAGE
-    assert "no *api-trigger-plan.json files under" in result.output
+    assert "no *.json files under" in result.output
 
 
 def test_cli_validate_without_paths_is_bad_usage() -> None:

@@ -77,14 +77,21 @@ def test_from_data_raises_plan_error_listing_every_problem() -> None:
 def test_registry_loads_plans_from_folders_recursively(tmp_path: Path) -> None:
     write(tmp_path / "a" / ".clix" / "api-trigger-plan.json", plan_data(campaign_id="a"))
     write(tmp_path / "b" / "store.api-trigger-plan.json", plan_data(campaign_id="b"))
-    write(tmp_path / "c" / "other.json", plan_data(campaign_id="c"))  # not a plan name
+    write(tmp_path / "c" / "other.json", plan_data(campaign_id="c"))
+    (tmp_path / "c" / "notes.txt").write_text("not json, not a plan")
     write(tmp_path / ".hidden" / "api-trigger-plan.json", plan_data(campaign_id="h"))
     write(tmp_path / "node_modules" / "api-trigger-plan.json", plan_data(campaign_id="n"))
     registry = PlanRegistry.load(str(tmp_path))
-    assert len(registry) == 2
-    assert registry.get("a") is not None
-    assert registry.get("b") is not None
-    assert registry.get("c") is None
+    assert sorted(p.campaign_id for p in registry) == ["a", "b", "c"]
+
+
+def test_a_folder_of_plans_named_for_their_campaigns_loads_every_json_file(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "store_pickup.json", plan_data(campaign_id="pickup"))
+    write(tmp_path / "welcome.json", plan_data(campaign_id="welcome"))
+    registry = PlanRegistry.load(str(tmp_path))
+    assert sorted(p.campaign_id for p in registry) == ["pickup", "welcome"]
 
 
 def test_registry_spec_lists_files_and_folders_by_pathsep_or_comma(tmp_path: Path) -> None:
@@ -132,15 +139,16 @@ def test_invalid_plan_is_a_plan_error_naming_the_file_and_problem(tmp_path: Path
 def test_missing_path_and_folder_without_plans_are_plan_errors(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="no such file or folder"):
         PlanRegistry.load(str(tmp_path / "nope"))
-    with pytest.raises(PlanError, match=r"no \*api-trigger-plan\.json files under"):
+    with pytest.raises(PlanError, match=r"no \*\.json files under"):
         PlanRegistry.load(str(tmp_path))
 
 
 def test_discover_plan_files_is_sorted_and_looks_inside_dot_clix(tmp_path: Path) -> None:
     b = write(tmp_path / "b" / "api-trigger-plan.json", {})
     a = write(tmp_path / "a" / ".clix" / "api-trigger-plan.json", {})
-    write(tmp_path / "a" / ".clix" / "config.json", {})
-    assert discover_plan_files(tmp_path) == [a, b]
+    c = write(tmp_path / "a" / ".clix" / "welcome.json", {})
+    write(tmp_path / "a" / ".git" / "config.json", {})
+    assert discover_plan_files(tmp_path) == [a, c, b]
 
 
 def test_registry_redact_uses_the_plan_of_the_trigger_campaign() -> None:

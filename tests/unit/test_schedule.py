@@ -44,7 +44,8 @@ class Publisher:
 def test_scheduling_a_key_twice_keeps_the_first_time_and_task(schedule: ScheduleStore) -> None:
     first = schedule.schedule(trigger(), send_at_ms=T0_MS + 5_000)
     again = schedule.schedule(trigger(), send_at_ms=T0_MS + 9_000, task_id="other")
-    assert first.taken and first.send_at_ms == T0_MS + 5_000
+    assert first.taken
+    assert first.send_at_ms == T0_MS + 5_000
     assert again.state == "scheduled_already"
     assert (again.send_at_ms, again.task_id) == (first.send_at_ms, first.task_id)
     assert schedule.depth() == 1
@@ -111,7 +112,8 @@ def test_the_mover_publishes_due_triggers_once_with_their_task_ids(
     mover = Mover(schedule, publisher, batch=2, clock=lambda: T0_MS + 300)
     report = mover.tick()
     assert sorted((key, task) for key, task, _ in publisher.sent) == sorted(ids.items())
-    assert report.published == 3 and report.late_ms == [200, 200, 200]
+    assert report.published == 3
+    assert report.late_ms == [200, 200, 200]
     assert mover.tick().published == 0  # finished: not published again
     assert schedule.depth() == 1
 

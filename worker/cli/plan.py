@@ -1,7 +1,7 @@
 """``clix-worker plan``: validate trigger plans and write starter plans.
 
 ``plan validate PATH...`` checks plan files, and folders searched the way
-``CLIX_PLANS`` is (files named ``*api-trigger-plan.json``, see
+``CLIX_PLANS`` is (every ``*.json`` file, see
 :meth:`tasks.plans.PlanRegistry.load`), against every rule of DESIGN.md
 section 2 (:mod:`tasks.plan_rules`), and reports every problem with its JSON
 path. Two valid plans for one campaign are reported too, since a worker would
