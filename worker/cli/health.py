@@ -79,17 +79,25 @@ def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--project", help="Project id (default CLIX_PROJECT_ID).")
+@click.option("--project", help="Project id (default CLIX_PROJECT_ID; else the fleet's one).")
 @click.option("--json", "as_json", is_flag=True)
 def health(project: str | None, as_json: bool) -> None:
     """Circuit breaker, rate limit and DLQ depth; exit 1 while the breaker is open."""
+    from config.keys import as_text
     from tasks.context import circuit_breaker, redis_client
 
     settings = load_settings()
+    conn = redis_client(settings)
     project = project or settings.clix_project_id
     if not project:
-        fail("give --project or set CLIX_PROJECT_ID", RET_USAGE)
-    conn = redis_client(settings)
+        # the project the fleet's workers registered at start-up, when there is one
+        fleet = sorted(
+            as_text(p) for p in conn.smembers(KeySpace(settings.clix_key_prefix).projects)
+        )
+        if len(fleet) != 1:
+            known = f" (the fleet sends for {', '.join(fleet)})" if fleet else ""
+            fail(f"give --project or set CLIX_PROJECT_ID{known}", RET_USAGE)
+        project = fleet[0]
     state = circuit_breaker(settings, conn, project).state()
     stats = conn.hgetall(KeySpace(settings.clix_key_prefix).stats)
     data = {
