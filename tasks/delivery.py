@@ -63,7 +63,7 @@ from tasks.errors import (
     route_for,
 )
 from tasks.feedback import FleetFeedback, outcome_of
-from tasks.idempotency import Claim, ClaimState, new_owner
+from tasks.idempotency import Claim, ClaimState, ResultRecord, new_owner
 from tasks.metrics import count_outcome, observe_request, status_of
 from tasks.models import TriggerRequest
 from tasks.plans import check_contract
@@ -100,11 +100,15 @@ class Delivery:
         sleep: Callable[[float], None] = time.sleep,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        result_record: Callable[[dict[str, Any]], ResultRecord | None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.feedback = FleetFeedback(ctx.breaker, ctx.limiter, ctx.settings, wall_clock=wall_clock)
-        self.wall_clock = wall_clock  # done_at of the commit
         self.clock = clock  # deadlines and leases
+        # the task's result as Celery stores it, for the commit to write in its step
+        self.result_record = result_record
+        #: whether the commit wrote the task's result (else the task stores it)
+        self.result_written = False
         self.task_id = task_id
         self.args = args
         self.kwargs = kwargs
@@ -190,7 +194,10 @@ class Delivery:
         settings = self.ctx.settings
         while True:
             claim = self.ctx.store.claim(
-                scope, self.owner, redelivery_limit=settings.clix_redelivery_limit
+                scope,
+                self.owner,
+                redelivery_limit=settings.clix_redelivery_limit,
+                slot=self.ctx.limiter.slot_request(self._slot_within_s()),
             )
             if claim.state is not ClaimState.OWN_LIVE:
                 self._lease_until = self.clock() + settings.clix_lease_s
@@ -207,11 +214,15 @@ class Delivery:
         that lands within it leaves exactly one request behind. Raises the
         store's error when the lease ran out first.
         """
-        done_at = self.wall_clock()  # the same record each time: a repeat is recognised
+        result = None
+        if self.result_record is not None:
+            result = self.result_record({"trigger_id": trigger_id, "deduplicated": False})
         pause = 0.05
         while True:
             try:
-                return self.ctx.store.commit(scope, self.owner, trigger_id, done_at=done_at)
+                committed = self.ctx.store.commit(scope, self.owner, trigger_id, result=result)
+                self.result_written = committed and result is not None
+                return committed
             except STORE_UNAVAILABLE as exc:
                 if self.clock() + pause > self._lease_until:
                     self._log(
@@ -230,17 +241,25 @@ class Delivery:
                 self.sleep(pause)
                 pause = min(pause * 2, COMMIT_RETRY_MAX_S)
 
-    def _gate(self) -> None:
-        """Before a request: the breaker must allow it, then a rate-limit slot is due."""
+    def _slot_within_s(self) -> float:
+        # a rate-limit slot must leave room for the request itself before the deadline
+        return max(0.0, self._remaining_s() - self.ctx.settings.clix_request_timeout_s)
+
+    def _gate(self, reserved_us: int | None = None) -> None:
+        """Before a request: the breaker must allow it, then a rate-limit slot is due.
+
+        ``reserved_us``: the claim already reserved the slot; wait for it only.
+        """
         allowed, verdict = self.ctx.breaker.allow(self.owner)
         if not allowed:
             raise BreakerOpen(f"circuit breaker open ({verdict}): the message stays queued")
         self._probe = verdict == "probe"
         if self._probe:
             self._log("breaker_probe", level=logging.WARNING)
-        # the slot must leave room for the request itself before the deadline
-        within_s = self._remaining_s() - self.ctx.settings.clix_request_timeout_s
-        self.ctx.limiter.acquire(on_wait=self._keep_lease, within_s=max(0.0, within_s))
+        if reserved_us is not None:
+            self.ctx.limiter.wait_for(reserved_us)
+            return
+        self.ctx.limiter.acquire(on_wait=self._keep_lease, within_s=self._slot_within_s())
 
     def _keep_lease(self) -> None:
         """During a long wait for a rate-limit slot: keep (or re-take) the lease."""
@@ -251,9 +270,10 @@ class Delivery:
 
     def _before_attempt(self, number: int) -> None:
         assert self.scope is not None
+        if number == 1:  # the claim registered the first attempt and reserved its slot
+            self._gate(self.claim.slot_wait_us if self.claim is not None else None)
+            return
         self._gate()
-        if number == 1:
-            return  # the claim registered the first attempt
         total = self.ctx.store.renew(self.scope, self.owner, number)
         if total is None:
             raise ClaimLost("the scope was taken over while this delivery was retrying")

@@ -43,16 +43,22 @@ from urllib.parse import unquote
 import redis
 
 from config.keys import KeySpace, Scope, as_text
+from tasks.ratelimit import GCRA_RESERVE_LUA, SlotRequest
 
-__all__ = ["Claim", "ClaimState", "IdempotencyStore", "Status", "new_owner"]
+__all__ = ["Claim", "ClaimState", "IdempotencyStore", "ResultRecord", "Status", "new_owner"]
 
-# KEYS: lease, done, dead, meta, pending, pending index.
+# KEYS: lease, done, dead, meta, pending, pending index[, rate-limit TAT]
 # ARGV: owner, lease_ms, ttl_s, now_s, task_id, limit
-# A successful claim also registers the first attempt (sending=1, attempts+1),
-# saving a round trip, unless the delivery is over the redelivery limit. The
-# same owner claiming again (its reply was lost to a dropped connection and the
-# client repeated it) gets the same answer without counting anything twice.
-_CLAIM = """
+#       [, interval_us, tolerance_us, max_wait_us, now_us]
+# A successful claim also registers the first attempt (sending=1, attempts+1)
+# and, given the limiter's key, reserves its request slot: the delivery's
+# first request costs no round trip besides this one. Not over the redelivery
+# limit only. The same owner claiming again (its reply was lost to a dropped
+# connection and the client repeated it) gets the same answer without counting
+# anything twice.
+_CLAIM = (
+    GCRA_RESERVE_LUA
+    + """
 local done = redis.call('GET', KEYS[2])
 local dead = redis.call('GET', KEYS[3])
 if done or dead then
@@ -67,7 +73,7 @@ if holder == ARGV[1] then
   local m = redis.call('HMGET', KEYS[4], 'deliveries', 'took_over_by', 'attempts', 'first_seen')
   local took_over = '0'
   if m[2] == ARGV[1] then took_over = '1' end
-  return {'claimed', m[1] or '1', took_over, m[3] or '0', m[4] or ARGV[4]}
+  return {'claimed', m[1] or '1', took_over, m[3] or '0', m[4] or ARGV[4], '-1'}
 end
 if holder then
   local holder_task = string.match(holder, '^(.*)|[^|]*$') or holder
@@ -82,17 +88,28 @@ local was_sending = redis.call('HGET', KEYS[4], 'sending') or '0'
 if was_sending == '1' then redis.call('HSET', KEYS[4], 'took_over_by', ARGV[1]) end
 redis.call('HSETNX', KEYS[4], 'first_seen', ARGV[4])
 local attempts
+local slot = -1
 if deliveries <= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[4], 'sending', '1', 'attempt_owner', ARGV[1] .. '#1')
   attempts = redis.call('HINCRBY', KEYS[4], 'attempts', 1)
+  if KEYS[7] then
+    local now_us = tonumber(ARGV[10])
+    if now_us <= 0 then
+      local t = redis.call('TIME')
+      now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    end
+    local r = gcra_reserve(KEYS[7], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), now_us)
+    if r[1] == 1 then slot = r[2] end
+  end
 else
   redis.call('HSET', KEYS[4], 'sending', '0')
   attempts = tonumber(redis.call('HGET', KEYS[4], 'attempts') or '0')
 end
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 return {'claimed', tostring(deliveries), was_sending, tostring(attempts),
-        redis.call('HGET', KEYS[4], 'first_seen')}
+        redis.call('HGET', KEYS[4], 'first_seen'), tostring(slot)}
 """
+)
 
 # Before HTTP attempt number ARGV[4]. ARGV: owner, lease_ms, ttl_s, number.
 # Re-takes a lease nobody holds (it lapsed during a long wait); registers each
@@ -120,9 +137,13 @@ redis.call('HSET', KEYS[4], 'sending', '0')
 return 1
 """
 
-# ARGV: owner, done_json, ttl_s.  Done and no longer pending, in one step.
-# 1: committed (also when this very commit already landed); 0: another
-# delivery holds the scope or committed first.
+# KEYS: lease, done, dead, meta, pending, pending index[, Celery result]
+# ARGV: owner, trigger_id, ttl_s[, result value, result ttl_s]
+# Done and no longer pending, in one step; the done record is the bare
+# trigger_id, and the counters only a running delivery needs are dropped. With
+# a Celery result key, the task's result is written (and published, as Celery's
+# Redis backend does) in the same step. 1: committed (also when this very
+# commit already landed); 0: another delivery holds the scope or committed first.
 _COMMIT = """
 local done = redis.call('GET', KEYS[2])
 if done then
@@ -134,8 +155,16 @@ if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 redis.call('DEL', KEYS[1], KEYS[5])
 redis.call('ZREM', KEYS[6], KEYS[5])
-redis.call('HSET', KEYS[4], 'sending', '0')
+redis.call('HDEL', KEYS[4], 'sending', 'attempt_owner', 'took_over_by')
 redis.call('EXPIRE', KEYS[4], ARGV[3])
+if KEYS[7] then
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('SET', KEYS[7], ARGV[4], 'EX', ARGV[5])
+  else
+    redis.call('SET', KEYS[7], ARGV[4])
+  end
+  redis.call('PUBLISH', KEYS[7], ARGV[4])
+end
 return 1
 """
 
@@ -187,6 +216,18 @@ class Claim:
     dead_entry_id: str | None = None
     lease_left_ms: int = 0
     first_seen: float | None = None
+    #: the first request's rate-limit slot, reserved by the claim: microseconds
+    #: to wait for it; None when none was reserved (too far ahead, or not asked)
+    slot_wait_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """The Celery result a commit writes in the same step (Celery's Redis backend format)."""
+
+    key: bytes | str
+    value: bytes | str
+    ttl_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +237,14 @@ class Status:
     state: str  # "queued" | "in_flight" | "done" | "unknown"
     trigger_id: str | None = None
     dead_entry_id: str | None = None
+
+
+def done_trigger_id(raw: bytes | str) -> str:
+    """The ``trigger_id`` of a done record: the bare id (records before 0.2: JSON)."""
+    text = as_text(raw)
+    if text.startswith("{"):
+        return str(json.loads(text)["trigger_id"])
+    return text
 
 
 def new_owner(task_id: str) -> str:
@@ -227,27 +276,37 @@ class IdempotencyStore:
         self._release = redis_client.register_script(_RELEASE)
         self._extend = redis_client.register_script(_EXTEND)
 
-    def claim(self, scope: Scope, owner: str, *, redelivery_limit: int = 1_000_000) -> Claim:
+    def claim(
+        self,
+        scope: Scope,
+        owner: str,
+        *,
+        redelivery_limit: int = 1_000_000,
+        slot: SlotRequest | None = None,
+    ) -> Claim:
         """Try to become the one delivery allowed to send for ``scope``.
 
-        ``CLAIMED`` also registers the first attempt (the caller sends next),
-        unless ``deliveries`` exceeds ``redelivery_limit``.
+        ``CLAIMED`` also registers the first attempt (the caller sends next)
+        and reserves its rate-limit ``slot`` when given, unless ``deliveries``
+        exceeds ``redelivery_limit``.
         """
         task_id = owner.rpartition("|")[0] or owner
-        reply: list[Any] = self._claim(
-            keys=self.keys.scope_keys(scope),
-            args=[
-                owner,
-                self.lease_ms,
-                self.ttl_s,
-                f"{self._clock():.3f}",
-                task_id,
-                redelivery_limit,
-            ],
-        )
+        keys = self.keys.scope_keys(scope)
+        args: list[Any] = [
+            owner,
+            self.lease_ms,
+            self.ttl_s,
+            f"{self._clock():.3f}",
+            task_id,
+            redelivery_limit,
+        ]
+        if slot is not None:
+            keys.append(slot.key)
+            args += [slot.interval_us, slot.tolerance_us, slot.max_wait_us, slot.now_us]
+        reply: list[Any] = self._claim(keys=keys, args=args)
         state = ClaimState(as_text(reply[0]))
         if state is ClaimState.DONE:
-            return Claim(state, trigger_id=json.loads(as_text(reply[1]))["trigger_id"])
+            return Claim(state, trigger_id=done_trigger_id(reply[1]))
         if state is ClaimState.DEAD:
             return Claim(state, dead_entry_id=as_text(reply[1]))
         if state is ClaimState.OWN_LIVE:
@@ -260,6 +319,7 @@ class IdempotencyStore:
             took_over_mid_request=as_text(reply[2]) == "1",
             attempts=int(reply[3]),
             first_seen=float(reply[4]),
+            slot_wait_us=None if int(reply[5]) < 0 else int(reply[5]),
         )
 
     def renew(self, scope: Scope, owner: str, number: int) -> int | None:
@@ -288,16 +348,19 @@ class IdempotencyStore:
         self._not_sent(keys=self.keys.scope_keys(scope), args=[owner])
 
     def commit(
-        self, scope: Scope, owner: str, trigger_id: str, *, done_at: float | None = None
+        self, scope: Scope, owner: str, trigger_id: str, *, result: ResultRecord | None = None
     ) -> bool:
         """Record the scope as done; ``False`` if another owner holds or finished it.
 
-        Safe to repeat: pass the same ``done_at`` and a commit that already
-        landed answers ``True`` again.
+        Safe to repeat: a commit that already landed answers ``True`` again.
+        ``result``: the task's Celery result, written in the same step.
         """
-        at = self._clock() if done_at is None else done_at
-        done = json.dumps({"trigger_id": trigger_id, "done_at": round(at, 3)})
-        return bool(self._commit(keys=self.keys.scope_keys(scope), args=[owner, done, self.ttl_s]))
+        keys: list[Any] = self.keys.scope_keys(scope)
+        args: list[Any] = [owner, trigger_id, self.ttl_s]
+        if result is not None:
+            keys.append(result.key)
+            args += [result.value, result.ttl_s]
+        return bool(self._commit(keys=keys, args=args))
 
     def release(
         self, scope: Scope, owner: str, *, uncount: bool = False, unsent: bool = False
@@ -325,7 +388,7 @@ class IdempotencyStore:
         pipe.exists(self.keys.pending(scope.campaign_id, scope.idempotency_key))
         done, leased, dead, pending = pipe.execute()
         if done is not None:
-            return Status("done", trigger_id=json.loads(as_text(done))["trigger_id"])
+            return Status("done", trigger_id=done_trigger_id(done))
         if leased:
             return Status("in_flight")
         if dead is not None:  # a copy enqueued again stays dead until the entry is replayed

@@ -6,9 +6,12 @@ Redis and hands out *reservations*: an atomic Lua script (clock: Redis
 ``TIME``, so hosts need not agree on the time) gives each request its own slot,
 ``1 / rate`` apart, allowing ``burst`` requests at once after a quiet spell.
 The caller sleeps until its slot, without holding a Redis connection and
-without polling, then sends. A slot further away than ``max_wait_s`` is not
-reserved: the caller sleeps that bound and asks again, so no wait grows past
-the broker's visibility timeout.
+without polling, then sends. The ledger's claim takes the first slot of a
+delivery in the same script (:data:`GCRA_RESERVE_LUA`, :meth:`RateLimiter.slot_request`),
+so a delivery that sends once pays no round trip of its own for the limiter.
+A slot further away than ``max_wait_s`` is not reserved: the caller sleeps
+that bound and asks again, so no wait grows past the broker's visibility
+timeout.
 
 :meth:`RateLimiter.hold` pushes the whole fleet back for a while: used when
 Clix answers 429 (``Retry-After``) or reports ``X-RateLimit-Remaining`` near
@@ -19,12 +22,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
 from tasks.errors import RateLimitWaitTooLong
 
-__all__ = ["RateLimiter"]
+__all__ = ["GCRA_RESERVE_LUA", "RateLimiter", "SlotRequest"]
 
 # Both scripts take the time from Redis (TIME) so that hosts need not agree on it,
 # unless the caller passes a clock reading (ARGV now_us > 0: tests).
@@ -36,20 +40,28 @@ if now <= 0 then
 end
 """
 
+#: The GCRA reservation as a Lua function, so that other scripts (the ledger's
+#: claim) can take a slot in the same round trip. -> {reserved (1|0), wait_us}
+GCRA_RESERVE_LUA = """
+local function gcra_reserve(key, interval, tolerance, max_wait, now)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local wait = tat - tolerance - now
+  if wait < 0 then wait = 0 end
+  if wait > max_wait then return {0, wait} end
+  local new_tat = tat + interval
+  redis.call('SET', key, string.format('%d', new_tat),
+             'PX', math.floor((new_tat - now) / 1000) + 1000)
+  return {1, wait}
+end
+"""
+
 # KEYS: tat.  ARGV: interval_us, tolerance_us, max_wait_us, now_us.  -> {reserved, wait_us}
 _RESERVE = (
     _NOW
+    + GCRA_RESERVE_LUA
     + """
-local interval = tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - tonumber(ARGV[2]) - now
-if wait < 0 then wait = 0 end
-if wait > tonumber(ARGV[3]) then return {0, wait} end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%d', new_tat),
-           'PX', math.floor((new_tat - now) / 1000) + 1000)
-return {1, wait}
+return gcra_reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), now)
 """
 )
 
@@ -67,6 +79,17 @@ end
 return 0
 """
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRequest:
+    """What another script needs to reserve a slot with :data:`GCRA_RESERVE_LUA`."""
+
+    key: str
+    interval_us: int
+    tolerance_us: int
+    max_wait_us: int
+    now_us: int  # 0: Redis TIME
 
 
 class RateLimiter:
@@ -134,6 +157,24 @@ class RateLimiter:
             waited += self.max_wait_s
             if on_wait is not None:
                 on_wait()
+
+    def slot_request(self, within_s: float | None = None) -> SlotRequest:
+        """A reservation another script makes for us (one round trip fewer)."""
+        max_wait_s = self.max_wait_s if within_s is None else min(self.max_wait_s, within_s)
+        return SlotRequest(
+            self.key,
+            self.interval_us,
+            self.tolerance_us,
+            int(max(0.0, max_wait_s) * 1_000_000),
+            self._now_us(),
+        )
+
+    def wait_for(self, wait_us: int) -> float:
+        """Sleep until a slot reserved elsewhere (:meth:`slot_request`); return the seconds."""
+        wait_s = wait_us / 1_000_000
+        if wait_s > 0:
+            self._sleep(wait_s)
+        return wait_s
 
     def hold(self, seconds: float) -> bool:
         """Give nobody a slot for ``seconds`` (fleet-wide); True if this moved the TAT."""

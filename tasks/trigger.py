@@ -17,14 +17,17 @@ gets its pending record from :mod:`tasks.publishing`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Task, states
+from celery.backends.redis import RedisBackend
 from celery.exceptions import Reject
 from celery.worker.request import Request as CeleryRequest
 from kombu.transport.redis import QoS as RedisQoS
 
 from config.celery_app import TASK_NAME, app, app_settings
+from config.settings import Settings
 from tasks import context
 from tasks import publishing as _publishing  # noqa: F401 - records send_task publishes
 from tasks.delivery import Delivery, RequeueMessage
@@ -32,12 +35,19 @@ from tasks.errors import (
     DeadLettered,
     InvalidTrigger,
 )
+from tasks.idempotency import ResultRecord
 from tasks.models import TriggerRequest
 from tasks.pending import ENQUEUED_AT_HEADER
 from tasks.plans import check_contract
 from tasks.scheduler import schedule_trigger, when_from
 
-__all__ = ["RedactedRequest", "TriggerTask", "summary", "trigger_campaign"]
+__all__ = [
+    "RedactedRequest",
+    "TriggerTask",
+    "result_writer",
+    "summary",
+    "trigger_campaign",
+]
 
 logger = logging.getLogger("clix.trigger")
 
@@ -163,8 +173,47 @@ class TriggerTask(Task):  # type: ignore[misc]
 @app.task(bind=True, base=TriggerTask, name=TASK_NAME)  # type: ignore[untyped-decorator]
 def trigger_campaign(self: TriggerTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Deliver one trigger to Clix; return ``{"trigger_id", "deduplicated"}``."""
-    delivery = Delivery(context.current(), self.request.id, args, kwargs)
+    ctx = context.current()
+    delivery = Delivery(
+        ctx, self.request.id, args, kwargs, result_record=result_writer(self, ctx.settings)
+    )
     try:
-        return delivery.run()
+        result = delivery.run()
     except RequeueMessage as requeue:
         raise Reject(str(requeue), requeue=True) from None
+    if delivery.result_written:
+        # the commit wrote the result in its own step: Celery need not (a GET and
+        # a SETEX + PUBLISH fewer per trigger)
+        self.request.ignore_result = True
+    return result
+
+
+def result_writer(
+    task: TriggerTask, settings: Settings
+) -> Callable[[dict[str, Any]], ResultRecord | None] | None:
+    """How the ledger's commit writes this task's result, or None to leave it to Celery.
+
+    Only when the result backend is the store's Redis (the default): the
+    record is exactly what Celery's Redis backend would write (same key, same
+    encoded meta, same expiry) and the commit publishes it as Celery does, so
+    ``AsyncResult.get()`` works unchanged.
+    """
+    backend = task.backend
+    if not isinstance(backend, RedisBackend) or task.app.conf.result_backend != settings.redis_url:
+        return None
+    if task.app.conf.result_extended:
+        return None  # the extended meta carries the request: leave it to Celery
+    request = task.request
+    task_id = request.id
+
+    def record(result: dict[str, Any]) -> ResultRecord:
+        meta = backend._get_result_meta(
+            result=result, state=states.SUCCESS, traceback=None, request=request
+        )
+        meta["task_id"] = task_id
+        ttl_s = backend.expires
+        return ResultRecord(
+            backend.get_key_for_task(task_id), backend.encode(meta), int(ttl_s or 0)
+        )
+
+    return record

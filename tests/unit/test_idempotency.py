@@ -10,7 +10,8 @@ import pytest
 
 from config.keys import KeySpace, Scope
 from tasks.dlq import DeadLetterQueue
-from tasks.idempotency import ClaimState, IdempotencyStore, new_owner
+from tasks.idempotency import ClaimState, IdempotencyStore, ResultRecord, new_owner
+from tasks.ratelimit import SlotRequest
 
 SHORT_LEASE_MS = 50
 
@@ -300,17 +301,52 @@ def test_commit_by_another_owner_returns_false_and_writes_nothing(
 def test_commit_by_the_owner_records_done_and_drops_the_lease(
     store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
 ) -> None:
-    clock_store = IdempotencyStore(
-        fake_redis, keys, lease_ms=30_000, ttl_s=3_600, clock=lambda: 1_700_000_000.25
-    )
     owner = new_owner("task-1")
-    clock_store.claim(scope, owner)
-    assert clock_store.commit(scope, owner, "trg-1") is True
+    store.claim(scope, owner)
+    assert store.commit(scope, owner, "trg-1") is True
     assert fake_redis.exists(keys.lease(scope)) == 0
-    done = json.loads(fake_redis.get(keys.done(scope)))
-    assert done == {"trigger_id": "trg-1", "done_at": 1_700_000_000.25}
+    assert fake_redis.get(keys.done(scope)) == b"trg-1"  # the bare id: small in memory
     assert 3_590 < fake_redis.ttl(keys.done(scope)) <= 3_600
     assert store.status(scope).trigger_id == "trg-1"
+    # what only a running delivery needs is gone; the counters stay for the record
+    assert set(store.meta(scope)) == {"deliveries", "attempts", "first_seen"}
+
+
+def test_a_done_record_written_before_0_2_as_json_still_reads(
+    store: IdempotencyStore, scope: Scope, keys: KeySpace, fake_redis: fakeredis.FakeRedis
+) -> None:
+    fake_redis.set(keys.done(scope), json.dumps({"trigger_id": "trg-old", "done_at": 1.0}))
+    assert store.status(scope).trigger_id == "trg-old"
+    assert store.claim(scope, new_owner("task-9")).trigger_id == "trg-old"
+
+
+def test_commit_writes_the_celery_result_and_publishes_it_in_the_same_step(
+    store: IdempotencyStore, scope: Scope, fake_redis: fakeredis.FakeRedis
+) -> None:
+    owner = new_owner("task-1")
+    store.claim(scope, owner)
+    pubsub = fake_redis.pubsub()
+    pubsub.subscribe("celery-task-meta-task-1")
+    pubsub.get_message(timeout=1)  # the subscription confirmation
+    record = ResultRecord("celery-task-meta-task-1", b'{"status": "SUCCESS"}', 600)
+    assert store.commit(scope, owner, "trg-1", result=record) is True
+    assert fake_redis.get("celery-task-meta-task-1") == b'{"status": "SUCCESS"}'
+    assert 590 < fake_redis.ttl("celery-task-meta-task-1") <= 600
+    message = pubsub.get_message(timeout=1)
+    assert message is not None
+    assert message["data"] == b'{"status": "SUCCESS"}'
+    pubsub.close()
+
+
+def test_a_claim_given_a_slot_request_reserves_the_first_requests_slot(
+    store: IdempotencyStore, scope: Scope, fake_redis: fakeredis.FakeRedis
+) -> None:
+    slot = SlotRequest("rl", interval_us=1_000, tolerance_us=0, max_wait_us=5_000_000, now_us=10**9)
+    first = store.claim(scope, new_owner("task-1"), slot=slot)
+    assert first.slot_wait_us == 0
+    other = Scope(scope.project_id, scope.campaign_id, "key-2")
+    assert store.claim(other, new_owner("task-2"), slot=slot).slot_wait_us == 1_000
+    assert int(fake_redis.get("rl")) == 10**9 + 2_000
 
 
 def test_commit_after_own_lease_expired_with_nobody_else_holding_succeeds(
@@ -504,8 +540,8 @@ def test_a_repeated_commit_answers_true_again_and_keeps_the_record(
 ) -> None:
     owner = new_owner("task-1")
     store.claim(scope, owner)
-    assert store.commit(scope, owner, "trg-1", done_at=1_800_000_000.0) is True
-    assert store.commit(scope, owner, "trg-1", done_at=1_800_000_000.0) is True
+    assert store.commit(scope, owner, "trg-1") is True
+    assert store.commit(scope, owner, "trg-1") is True
     assert store.status(scope).trigger_id == "trg-1"
 
 
