@@ -97,6 +97,13 @@ class KeySpace:
             self.pending_index,
         ]
 
+    def hold_keys(self, scope: Scope) -> list[str]:
+        """``[scheduled record, cancelled marker]``: what the claim checks besides the ledger."""
+        return [
+            self.scheduled(scope.campaign_id, scope.idempotency_key),
+            self.cancelled(scope.campaign_id, scope.idempotency_key),
+        ]
+
     def pending(self, campaign_id: str, idempotency_key: str) -> str:
         """Pending record of a trigger (scoped by campaign and key: producers know no project)."""
         return f"{self.prefix}:pending:{_part(campaign_id)}:{_part(idempotency_key)}"

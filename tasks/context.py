@@ -24,6 +24,7 @@ from config.settings import Settings, get_settings
 from tasks.breaker import CircuitBreaker
 from tasks.client import ClixClient
 from tasks.dlq import DeadLetterQueue
+from tasks.history import AttemptHistory
 from tasks.idempotency import IdempotencyStore
 from tasks.pending import PendingLedger
 from tasks.plans import PlanRegistry
@@ -56,6 +57,7 @@ class WorkerContext:
     breaker: CircuitBreaker
     plans: PlanRegistry
     pending: PendingLedger
+    history: AttemptHistory
 
     @classmethod
     def build(
@@ -79,6 +81,12 @@ class WorkerContext:
             breaker=circuit_breaker(settings, conn, project_id),
             plans=plan_registry(settings.clix_plans),
             pending=PendingLedger(conn, keys, ttl_s=settings.clix_idempotency_ttl_s),
+            history=AttemptHistory(
+                conn,
+                keys,
+                cap=settings.clix_attempt_history,
+                ttl_s=settings.clix_idempotency_ttl_s,
+            ),
         )
 
     def close(self) -> None:

@@ -49,6 +49,7 @@ from config.keys import Scope
 from tasks import context
 from tasks.breaker import Outcome
 from tasks.client import is_ambiguous
+from tasks.duplicates import first_result
 from tasks.errors import (
     BreakerOpen,
     ClaimBusy,
@@ -63,12 +64,13 @@ from tasks.errors import (
     route_for,
 )
 from tasks.feedback import FleetFeedback, outcome_of
+from tasks.history import attempt_of
 from tasks.idempotency import Claim, ClaimState, ResultRecord, new_owner
 from tasks.metrics import count_outcome, observe_request, status_of
 from tasks.models import TriggerRequest
 from tasks.plans import check_contract
 
-__all__ = ["REQUEUE_PAUSE_S", "Delivery", "RequeueMessage"]
+__all__ = ["REQUEUE_PAUSE_S", "Delivery", "EarlyCopy", "RequeueMessage"]
 
 logger = logging.getLogger("clix.trigger")
 
@@ -85,6 +87,10 @@ COMMIT_RETRY_MAX_S = 1.0
 
 class RequeueMessage(Exception):
     """The delivery gave its claim back; the broker must deliver the message again."""
+
+
+class EarlyCopy(Exception):
+    """A scheduled trigger's message arrived before its time: drop it, store no result."""
 
 
 class Delivery:
@@ -105,6 +111,8 @@ class Delivery:
         self.ctx = ctx
         self.feedback = FleetFeedback(ctx.breaker, ctx.limiter, ctx.settings, wall_clock=wall_clock)
         self.clock = clock  # deadlines and leases
+        self.wall_clock = wall_clock  # when attempts were made (their history)
+        self._success: str = ""  # the successful attempt's history entry, for the commit
         # the task's result as Celery stores it, for the commit to write in its step
         self.result_record = result_record
         #: whether the commit wrote the task's result (else the task stores it)
@@ -137,7 +145,7 @@ class Delivery:
         """Deliver; return the result, raise :class:`DeadLettered` or :class:`RequeueMessage`."""
         try:
             return self._deliver()
-        except DeadLettered:
+        except (DeadLettered, EarlyCopy):
             raise
         except Exception as exc:  # noqa: BLE001 - every error is routed, none escapes
             return self._route(exc)
@@ -152,13 +160,7 @@ class Delivery:
         scope = self.scope = Scope(self.project_id, trigger.campaign_id, trigger.idempotency_key)
         claim = self.claim = self._claim(scope)
         if claim.state is not ClaimState.CLAIMED:
-            self._log(
-                "deduplicated",
-                claim=claim.state.value,
-                trigger_id=claim.trigger_id,
-                dead_entry_id=claim.dead_entry_id,
-            )
-            return {"trigger_id": claim.trigger_id, "deduplicated": True}
+            return self._not_ours(scope, claim)
         self.attempts = claim.attempts
         if claim.took_over_mid_request:
             self._ambiguous("took over from a delivery that died mid-request")
@@ -185,6 +187,32 @@ class Delivery:
             latency_ms=round((self.clock() - self._started) * 1000, 1),
         )
         return {"trigger_id": sent.trigger_id, "deduplicated": False}
+
+    def _not_ours(self, scope: Scope, claim: Claim) -> dict[str, Any]:
+        """Acknowledge without a request; the result says what holds the key."""
+        if claim.state is ClaimState.SCHEDULED and claim.scheduled_task_id == self.task_id:
+            # a copy published before its time (send_task with an ETA): the mover
+            # publishes the trigger again, with this task id, when it is due
+            self._log("deduplicated", claim="early")
+            raise EarlyCopy(f"scheduled: {self.task_id} is sent when it is due")
+        result: dict[str, Any] = {"trigger_id": claim.trigger_id, "deduplicated": True}
+        if claim.state is ClaimState.OTHER:  # the original is in flight: learn its result
+            result = first_result(
+                self.ctx.store,
+                scope,
+                wait_s=min(self.ctx.settings.clix_duplicate_wait_s, max(0.0, self._remaining_s())),
+                sleep=self.sleep,
+                clock=self.clock,
+            )
+        elif claim.state in (ClaimState.SCHEDULED, ClaimState.CANCELLED):
+            result["state"] = claim.state.value
+        self._log(
+            "deduplicated",
+            claim=claim.state.value,
+            trigger_id=result["trigger_id"],
+            dead_entry_id=claim.dead_entry_id,
+        )
+        return result
 
     def _remaining_s(self) -> float:
         return self._deadline - self.clock()
@@ -220,7 +248,14 @@ class Delivery:
         pause = 0.05
         while True:
             try:
-                committed = self.ctx.store.commit(scope, self.owner, trigger_id, result=result)
+                committed = self.ctx.store.commit(
+                    scope,
+                    self.owner,
+                    trigger_id,
+                    result=result,
+                    attempt=self._success,
+                    history_cap=self.ctx.history.cap,
+                )
                 self.result_written = committed and result is not None
                 return committed
             except STORE_UNAVAILABLE as exc:
@@ -292,6 +327,9 @@ class Delivery:
             self._failures += 1
         observe_request(latency_ms / 1000, status_of(error))
         self._last_ambiguous = is_ambiguous(error)
+        attempt = attempt_of(self.attempts, error, latency_ms, self.wall_clock())
+        if error is None:
+            self._success = attempt.encode()  # recorded by the commit, in its step
         # Advice to the fleet, not the trigger's outcome: a store error here must
         # not turn an accepted trigger into a requeue (and a resend).
         probe, self._probe = self._probe, False  # one request answers for the probe
@@ -301,6 +339,8 @@ class Delivery:
                 self._log("rate_limited", retry_after_s=retry_after_s, level=logging.WARNING)
             if error is not None and not self._last_ambiguous:
                 self.ctx.store.not_sent(self.scope, self.owner)
+            if error is not None:
+                self.ctx.history.record(self.scope, attempt)
         except redis.RedisError as exc:
             self._log("bookkeeping_failed", error=type(exc).__name__, level=logging.WARNING)
         if error is None:
@@ -371,6 +411,9 @@ class Delivery:
             project_id=self.project_id,
             task_id=self.task_id,
         )
+        if self.scope is not None and self.attempts:
+            # the attempts so far (ids and statuses only), from the ledger
+            entry["history"] = [a.to_json() for a in self.ctx.history.read(self.scope)]
         plan = self.ctx.plans.get(str(self.kwargs.get("campaign_id")))
         if plan is not None and plan.pii_keys:
             # the entry keeps the whole trigger for replay; these are hidden when shown

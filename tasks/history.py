@@ -1,20 +1,25 @@
 """The history of a trigger's attempts: the last few HTTP requests, kept in the ledger.
 
 Each attempt is one short entry in field ``h`` of the scope's meta hash (which
-lives as long as the key is remembered): ``at_ms,status,latency_ms,worker,error``
-with ``status`` the HTTP status or ``network``, ``error`` the kind of a network
-error (an exception class name) or empty, and entries joined by ``;``. Only ids
-and statuses, never property values or response bodies. A typical trigger has
-one attempt: about 40 bytes. At most ``cap`` entries are kept (the newest);
-``cap`` 0 keeps none.
+lives as long as the key is remembered):
+``number,at_ms,status,latency_ms,worker,error`` with ``number`` the attempt's
+number across every delivery of the trigger, ``status`` the HTTP status or
+``network``, ``error`` the kind of a network error (an exception class name)
+or empty, and entries joined by ``;``. Only ids and statuses, never property
+values or response bodies. A typical trigger has one attempt: about 45 bytes.
+At most ``cap`` entries are kept (the newest); ``cap`` 0 keeps none.
 
-Recording is one small script per attempt (:data:`RECORD_ATTEMPT`), safe to
-repeat: an entry identical to the last one is not added twice.
+The successful attempt is recorded by the ledger's commit in the same step
+(no round trip of its own); a failed one by :data:`RECORD_ATTEMPT`. Both are
+safe to repeat: an entry identical to the last one (same number, same
+time) is not added twice.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -23,36 +28,66 @@ import redis
 
 from config.keys import KeySpace, Scope, as_text
 from tasks.dlq_entry import iso_time
+from tasks.errors import ClixError
 
-__all__ = ["RECORD_ATTEMPT", "Attempt", "AttemptHistory", "worker_tag"]
+__all__ = [
+    "HISTORY_APPEND_LUA",
+    "RECORD_ATTEMPT",
+    "Attempt",
+    "AttemptHistory",
+    "attempt_of",
+    "worker_tag",
+]
 
 #: Field of the meta hash holding the history.
 FIELD = "h"
 
-# KEYS: meta.  ARGV: entry, cap, ttl_s.  Appends, keeps the last `cap` entries.
-RECORD_ATTEMPT = """
-local h = redis.call('HGET', KEYS[1], 'h')
-if h then
-  if h == ARGV[1] or string.sub(h, -(#ARGV[1] + 1)) == ';' .. ARGV[1] then return 0 end
-  h = h .. ';' .. ARGV[1]
-else
-  h = ARGV[1]
+#: Lua: ``history_append(meta, entry, cap)`` appends one entry to the meta hash's
+#: history, keeps the last ``cap``; an entry equal to the last one (a repeated
+#: script) is not added again. Prepended to the scripts that record attempts
+#: (this module's and the ledger's commit, which records the successful one).
+HISTORY_APPEND_LUA = """
+local function history_append(meta, entry, cap)
+  cap = tonumber(cap)
+  if entry == '' or cap <= 0 then return 0 end
+  local h = redis.call('HGET', meta, 'h')
+  if h then
+    if h == entry or string.sub(h, -(#entry + 1)) == ';' .. entry then return 0 end
+    h = h .. ';' .. entry
+  else
+    h = entry
+  end
+  local n = 1
+  for _ in string.gmatch(h, ';') do n = n + 1 end
+  while n > cap do
+    h = string.sub(h, string.find(h, ';', 1, true) + 1)
+    n = n - 1
+  end
+  redis.call('HSET', meta, 'h', h)
+  return n
 end
-local n = 1
-for _ in string.gmatch(h, ';') do n = n + 1 end
-while n > tonumber(ARGV[2]) do
-  h = string.sub(h, string.find(h, ';', 1, true) + 1)
-  n = n - 1
-end
-redis.call('HSET', KEYS[1], 'h', h)
+"""
+
+# KEYS: meta.  ARGV: entry, cap, ttl_s.  A failed attempt (the successful one
+# is recorded by the commit, in its own step).
+RECORD_ATTEMPT = (
+    HISTORY_APPEND_LUA
+    + """
+local n = history_append(KEYS[1], ARGV[1], ARGV[2])
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return n
 """
+)
 
 
 def worker_tag() -> str:
     """Which worker made an attempt: short host name and process id."""
-    return f"{socket.gethostname().split('.')[0][:24]}:{os.getpid()}"
+    return _tag(os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _tag(pid: int) -> str:
+    return f"{socket.gethostname().split('.')[0][:24]}:{pid}"
 
 
 def _clean(text: str) -> str:
@@ -62,8 +97,9 @@ def _clean(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One HTTP attempt: when, its status (or ``network``), latency, worker, error kind."""
+    """One HTTP attempt: its number, when, its status (or ``network``), latency, worker, error."""
 
+    number: int
     at_ms: int
     status: str
     latency_ms: int
@@ -74,6 +110,7 @@ class Attempt:
         """The compact form stored in the ledger."""
         return ",".join(
             (
+                str(self.number),
                 str(self.at_ms),
                 _clean(self.status),
                 str(self.latency_ms),
@@ -85,19 +122,41 @@ class Attempt:
     @classmethod
     def decode(cls, text: str) -> Attempt:
         """Read one stored entry."""
-        at, status, latency, worker, error = [*text.split(","), "", "", "", ""][:5]
-        return cls(int(at), status, int(latency or 0), worker, error or None)
+        number, at, status, latency, worker, error = [*text.split(","), "", "", "", ""][:6]
+        return cls(int(number), int(at or 0), status, int(latency or 0), worker, error or None)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"at", "status", "latency_ms", "error", "worker"}`` as ``status --json`` shows it."""
+        """``{"attempt", "at", "status", "latency_ms", "error", "worker"}`` (``status --json``)."""
         status: int | str = int(self.status) if self.status.isdigit() else self.status
         return {
+            "attempt": self.number,
             "at": iso_time(self.at_ms / 1000),
             "status": status,
             "latency_ms": self.latency_ms,
             "error": self.error,
             "worker": self.worker,
         }
+
+
+#: The exception class in a network error's message (tasks.errors.from_transport_error).
+_NETWORK_KIND = re.compile(r"network error: (\w+)")
+
+
+def attempt_of(number: int, error: ClixError | None, latency_ms: float, at_s: float) -> Attempt:
+    """The history entry of one HTTP attempt: its status, or ``network`` and the error's kind."""
+    status = getattr(error, "status_code", None)
+    kind = None
+    if error is not None and status is None:
+        match = _NETWORK_KIND.match(str(error))
+        kind = match.group(1) if match else type(error).__name__
+    return Attempt(
+        number=number,
+        at_ms=int(at_s * 1000),
+        status=str(status or (200 if error is None else "network")),
+        latency_ms=round(latency_ms),
+        worker=worker_tag(),
+        error=kind,
+    )
 
 
 class AttemptHistory:
@@ -111,7 +170,7 @@ class AttemptHistory:
         self._record = redis_client.register_script(RECORD_ATTEMPT)
 
     def record(self, scope: Scope, attempt: Attempt) -> None:
-        """Append one attempt (nothing when the history is turned off)."""
+        """Append one failed attempt (nothing when the history is turned off)."""
         if self.cap > 0:
             self._record(
                 keys=[self.keys.meta(scope)], args=[attempt.encode(), self.cap, self.ttl_s]

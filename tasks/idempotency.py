@@ -43,11 +43,13 @@ from urllib.parse import unquote
 import redis
 
 from config.keys import KeySpace, Scope, as_text
+from tasks.history import HISTORY_APPEND_LUA
 from tasks.ratelimit import GCRA_RESERVE_LUA, SlotRequest
 
 __all__ = ["Claim", "ClaimState", "IdempotencyStore", "ResultRecord", "Status", "new_owner"]
 
-# KEYS: lease, done, dead, meta, pending, pending index[, rate-limit TAT]
+# KEYS: lease, done, dead, meta, pending, pending index, scheduled record,
+#       cancelled marker[, rate-limit TAT]
 # ARGV: owner, lease_ms, ttl_s, now_s, task_id, limit
 #       [, interval_us, tolerance_us, max_wait_us, now_us]
 # A successful claim also registers the first attempt (sending=1, attempts+1)
@@ -82,6 +84,23 @@ if holder then
   end
   return {'other', holder_task}
 end
+-- cancelled, or scheduled and not yet due (tasks.cancel, tasks.schedule)
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  redis.call('DEL', KEYS[5])
+  redis.call('ZREM', KEYS[6], KEYS[5])
+  return {'cancelled', ''}
+end
+local sched = redis.call('HMGET', KEYS[7], 'task_id', 'send_at_ms', 'taken')
+if sched[1] then
+  local t = redis.call('TIME')
+  if sched[1] ~= ARGV[5] or tonumber(sched[2]) > t[1] * 1000 + math.floor(t[2] / 1000) then
+    if not sched[3] then  -- this copy's own pending record: the take writes the real one
+      redis.call('DEL', KEYS[5])
+      redis.call('ZREM', KEYS[6], KEYS[5])
+    end
+    return {'scheduled', sched[1]}
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 local deliveries = redis.call('HINCRBY', KEYS[4], 'deliveries', 1)
 local was_sending = redis.call('HGET', KEYS[4], 'sending') or '0'
@@ -92,13 +111,13 @@ local slot = -1
 if deliveries <= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[4], 'sending', '1', 'attempt_owner', ARGV[1] .. '#1')
   attempts = redis.call('HINCRBY', KEYS[4], 'attempts', 1)
-  if KEYS[7] then
+  if KEYS[9] then
     local now_us = tonumber(ARGV[10])
     if now_us <= 0 then
       local t = redis.call('TIME')
       now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
     end
-    local r = gcra_reserve(KEYS[7], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), now_us)
+    local r = gcra_reserve(KEYS[9], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), now_us)
     if r[1] == 1 then slot = r[2] end
   end
 else
@@ -138,13 +157,16 @@ return 1
 """
 
 # KEYS: lease, done, dead, meta, pending, pending index[, Celery result]
-# ARGV: owner, trigger_id, ttl_s[, result value, result ttl_s]
+# ARGV: owner, trigger_id, ttl_s, result value, result ttl_s (unused without
+#       the result key), attempt history entry ('' = none), history cap
 # Done and no longer pending, in one step; the done record is the bare
 # trigger_id, and the counters only a running delivery needs are dropped. With
 # a Celery result key, the task's result is written (and published, as Celery's
 # Redis backend does) in the same step. 1: committed (also when this very
 # commit already landed); 0: another delivery holds the scope or committed first.
-_COMMIT = """
+_COMMIT = (
+    HISTORY_APPEND_LUA
+    + """
 local done = redis.call('GET', KEYS[2])
 if done then
   if done == ARGV[2] then return 1 end
@@ -156,6 +178,7 @@ redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 redis.call('DEL', KEYS[1], KEYS[5])
 redis.call('ZREM', KEYS[6], KEYS[5])
 redis.call('HDEL', KEYS[4], 'sending', 'attempt_owner', 'took_over_by')
+history_append(KEYS[4], ARGV[6], ARGV[7])
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 if KEYS[7] then
   if tonumber(ARGV[5]) > 0 then
@@ -167,6 +190,7 @@ if KEYS[7] then
 end
 return 1
 """
+)
 
 # ARGV: owner, lease_ms.  Extend the lease during a long wait (not an attempt);
 # re-take it when it lapsed and nobody else holds the scope: 1, else 0.
@@ -202,6 +226,11 @@ class ClaimState(enum.Enum):
     DEAD = "dead"
     OWN_LIVE = "own_live"
     OTHER = "other"
+    #: cancelled before it was sent (tasks.cancel): acknowledge, send nothing
+    CANCELLED = "cancelled"
+    #: scheduled and not yet due, or due under another message's task id
+    #: (tasks.schedule): only the scheduled message sends, at its time
+    SCHEDULED = "scheduled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +248,8 @@ class Claim:
     #: the first request's rate-limit slot, reserved by the claim: microseconds
     #: to wait for it; None when none was reserved (too far ahead, or not asked)
     slot_wait_us: int | None = None
+    #: SCHEDULED: the task id of the message that will send at the due time
+    scheduled_task_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +322,7 @@ class IdempotencyStore:
         exceeds ``redelivery_limit``.
         """
         task_id = owner.rpartition("|")[0] or owner
-        keys = self.keys.scope_keys(scope)
+        keys = self.keys.scope_keys(scope) + self.keys.hold_keys(scope)
         args: list[Any] = [
             owner,
             self.lease_ms,
@@ -309,6 +340,10 @@ class IdempotencyStore:
             return Claim(state, trigger_id=done_trigger_id(reply[1]))
         if state is ClaimState.DEAD:
             return Claim(state, dead_entry_id=as_text(reply[1]))
+        if state is ClaimState.SCHEDULED:
+            return Claim(state, scheduled_task_id=as_text(reply[1]))
+        if state is ClaimState.CANCELLED:
+            return Claim(state)
         if state is ClaimState.OWN_LIVE:
             return Claim(state, lease_left_ms=max(0, int(reply[1])))
         if state is ClaimState.OTHER:
@@ -348,18 +383,27 @@ class IdempotencyStore:
         self._not_sent(keys=self.keys.scope_keys(scope), args=[owner])
 
     def commit(
-        self, scope: Scope, owner: str, trigger_id: str, *, result: ResultRecord | None = None
+        self,
+        scope: Scope,
+        owner: str,
+        trigger_id: str,
+        *,
+        result: ResultRecord | None = None,
+        attempt: str = "",
+        history_cap: int = 0,
     ) -> bool:
         """Record the scope as done; ``False`` if another owner holds or finished it.
 
         Safe to repeat: a commit that already landed answers ``True`` again.
         ``result``: the task's Celery result, written in the same step.
+        ``attempt``: the successful attempt's history entry (:mod:`tasks.history`).
         """
         keys: list[Any] = self.keys.scope_keys(scope)
-        args: list[Any] = [owner, trigger_id, self.ttl_s]
+        args: list[Any] = [owner, trigger_id, self.ttl_s, "", 0]
         if result is not None:
             keys.append(result.key)
-            args += [result.value, result.ttl_s]
+            args[3:5] = [result.value, result.ttl_s]
+        args += [attempt, history_cap]
         return bool(self._commit(keys=keys, args=args))
 
     def release(

@@ -91,6 +91,7 @@ for _, key in ipairs(members) do
     redis.call('ZREM', KEYS[1], key)  -- expired or removed: nothing to send
   else
     redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[3])), key)
+    redis.call('HSET', key, 'taken', now_s)  -- the pending record is the mover's now
     redis.call('SET', r[4], '{"kwargs":' .. r[1] .. ',"enqueued_at_ms":' .. now_s .. '}',
                'EX', ARGV[4])
     redis.call('ZADD', KEYS[2], now_s, r[4])

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Task, states
 from celery.backends.redis import RedisBackend
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request as CeleryRequest
 from kombu.transport.redis import QoS as RedisQoS
 
@@ -30,7 +30,7 @@ from config.celery_app import TASK_NAME, app, app_settings
 from config.settings import Settings
 from tasks import context
 from tasks import publishing as _publishing  # noqa: F401 - records send_task publishes
-from tasks.delivery import Delivery, RequeueMessage
+from tasks.delivery import Delivery, EarlyCopy, RequeueMessage
 from tasks.errors import (
     DeadLettered,
     InvalidTrigger,
@@ -181,6 +181,8 @@ def trigger_campaign(self: TriggerTask, *args: Any, **kwargs: Any) -> dict[str, 
         result = delivery.run()
     except RequeueMessage as requeue:
         raise Reject(str(requeue), requeue=True) from None
+    except EarlyCopy:
+        raise Ignore() from None  # acknowledged, no result: the due copy stores it
     if delivery.result_written:
         # the commit wrote the result in its own step: Celery need not (a GET and
         # a SETEX + PUBLISH fewer per trigger)

@@ -140,10 +140,13 @@ def test_same_key_in_another_campaign_is_a_different_trigger(pipeline: Pipe) -> 
 
 
 def test_message_finding_another_message_in_flight_is_a_duplicate(pipeline: Pipe) -> None:
-    p = pipeline()
+    p = pipeline(clix_duplicate_wait_s=2.0)
     holder = new_owner("task-other")
     p.ctx.store.claim(scope_of(p), holder)
-    assert p.run(KWARGS, task_id="task-1") == {"trigger_id": None, "deduplicated": True}
+    result = p.run(KWARGS, task_id="task-1")
+    # it waited (bounded) for the original, which is still in flight, and says so
+    assert result == {"trigger_id": None, "deduplicated": True, "state": "in_flight"}
+    assert 0 < sum(p.sleeps.calls) <= 2.0
     assert p.clix.requests == []
     assert p.ctx.store.release(scope_of(p), holder) is True  # their claim is untouched
 
