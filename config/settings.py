@@ -107,7 +107,10 @@ class Settings(BaseSettings):
     )
     clix_reconcile_batch: int = Field(500, ge=1, description="Pending records per sweep.")
     clix_schedule_tick_s: float = Field(
-        0.2, gt=0, le=1.0, description="How often each worker moves due scheduled triggers."
+        0.5,
+        gt=0,
+        le=1.0,
+        description="Longest pause of each worker's schedule mover (it also wakes at due times).",
     )
     clix_schedule_batch: int = Field(
         200, ge=1, description="Scheduled triggers one mover takes per round trip."

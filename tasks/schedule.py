@@ -75,7 +75,7 @@ return {'scheduled', due_s, ARGV[5]}
 """
 
 # KEYS: schedule, pending index.  ARGV: now_ms ('' = store time), limit, retake_ms, ttl_s.
-# Returns {now, key1, kwargs1, send_at1, task_id1, key2, ...}.
+# Returns {now, next due (-1: none), key1, kwargs1, send_at1, task_id1, key2, ...}.
 _TAKE = """
 local now = tonumber(ARGV[1])
 if ARGV[1] == '' then
@@ -84,7 +84,7 @@ if ARGV[1] == '' then
 end
 local now_s = string.format('%.0f', now)
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_s, 'LIMIT', 0, ARGV[2])
-local out = {now_s}
+local out = {now_s, '-1'}
 for _, key in ipairs(members) do
   local r = redis.call('HMGET', key, 'kwargs', 'send_at_ms', 'task_id', 'pending')
   if not r[1] then
@@ -101,6 +101,8 @@ for _, key in ipairs(members) do
     table.insert(out, r[3])
   end
 end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if first[2] then out[2] = first[2] else out[2] = '-1' end
 return out
 """
 
@@ -164,6 +166,8 @@ class ScheduleStore:
         self._schedule = redis_client.register_script(_SCHEDULE)
         self._take = redis_client.register_script(_TAKE)
         self._finish = redis_client.register_script(_FINISH)
+        #: earliest due time left after the last take (None: nothing scheduled)
+        self.next_due_ms: int | None = None
 
     def schedule(
         self,
@@ -212,12 +216,16 @@ class ScheduleStore:
         return ScheduledRecord(json.loads(raw[0]), int(as_text(raw[1])), as_text(raw[2]))
 
     def take(self, limit: int, retake_ms: int, now_ms: int | None = None) -> tuple[int, list[Due]]:
-        """Take up to ``limit`` due triggers (store time unless ``now_ms``); return (now, them)."""
+        """Take up to ``limit`` due triggers (store time unless ``now_ms``); return (now, them).
+
+        :attr:`next_due_ms` is then the earliest due time left (None: nothing scheduled).
+        """
         reply: list[Any] = self._take(
             keys=[self.keys.schedule, self.keys.pending_index],
             args=["" if now_ms is None else str(now_ms), limit, retake_ms, self.ttl_s],
         )
         now = int(reply[0])
+        self.next_due_ms = None if int(float(reply[1])) < 0 else int(float(reply[1]))
         due = [
             Due(
                 as_text(reply[i]),
@@ -225,7 +233,7 @@ class ScheduleStore:
                 int(reply[i + 2]),
                 as_text(reply[i + 3]),
             )
-            for i in range(1, len(reply), 4)
+            for i in range(2, len(reply), 4)
         ]
         return now, due
 
@@ -237,8 +245,3 @@ class ScheduleStore:
     def depth(self) -> int:
         """Number of scheduled triggers (including ones taken but not yet finished)."""
         return int(self.redis.zcard(self.keys.schedule))
-
-    def next_due_ms(self) -> int | None:
-        """Due time of the earliest scheduled trigger, or None."""
-        first = self.redis.zrange(self.keys.schedule, 0, 0, withscores=True)
-        return int(first[0][1]) if first else None

@@ -1,8 +1,8 @@
 """Run the schedule mover inside every worker: scheduled triggers need no extra process.
 
 A consumer bootstep in each worker's main process starts a
-:class:`MoverThread` that calls :meth:`tasks.mover.Mover.tick` every
-``CLIX_SCHEDULE_TICK_S``, in a thread of its own with its own Redis and broker
+:class:`MoverThread` that calls :meth:`tasks.mover.Mover.tick` at each due
+time, at least every ``CLIX_SCHEDULE_TICK_S``, in a thread of its own with its own Redis and broker
 connections (never in the consumer's event loop), like the reconciler
 (:mod:`worker.reconciliation`). Every worker moves: the take is atomic and
 leased per trigger, so a killed worker stops nobody.
@@ -97,16 +97,19 @@ class MoverThread(threading.Thread):
         """Build the mover here (its connections belong to this thread), then tick."""
         mover: Mover | None = None
         failures = 0
+        pause_s = self.tick_s
         try:
-            while not self._stopping.wait(self.tick_s):
+            while not self._stopping.wait(pause_s):
+                pause_s = self.tick_s
                 try:
                     if mover is None:
                         mover = self._build()
-                    mover.tick()
+                    report = mover.tick()
+                    pause_s = mover.pause_s(report.now_ms, self.tick_s)
                     failures = 0
                 except Exception:  # Redis or broker trouble: the next tick tries again
                     failures += 1
-                    if failures == 1 or failures % 100 == 0:  # not 5 lines a second
+                    if failures == 1 or failures % 100 == 0:  # not a line every tick
                         logger.warning("moving scheduled triggers failed", exc_info=True)
                 self.ticks += 1
         finally:

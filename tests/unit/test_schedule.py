@@ -162,3 +162,18 @@ def test_due_times_are_read_one_way_only() -> None:
         when_from(send_at=at, delay_s=3)
     with pytest.raises(InvalidTrigger, match="negative"):
         when_from(delay_s=-1)
+
+
+def test_the_mover_wakes_at_the_next_due_time_and_polls_when_idle(
+    schedule: ScheduleStore,
+) -> None:
+    mover = Mover(schedule, Publisher(), clock=lambda: T0_MS)
+    report = mover.tick()
+    assert mover.pause_s(report.now_ms, 0.5) == 0.5  # nothing scheduled: poll
+    schedule.schedule(trigger("soon"), send_at_ms=T0_MS + 120)
+    report = mover.tick()
+    assert mover.pause_s(report.now_ms, 0.5) == pytest.approx(0.12)
+    schedule.schedule(trigger("now"), send_at_ms=T0_MS)
+    report = mover.tick()  # takes "now"; "soon" is next
+    assert report.published == 1
+    assert mover.pause_s(report.now_ms, 0.5) == pytest.approx(0.12)
