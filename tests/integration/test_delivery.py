@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -146,8 +147,10 @@ def test_exhausted_retries_dead_letter_and_release_the_key_for_replay(
     assert not fleet.redis().exists(fleet.keys.lease(scope))
 
     status = cli(fleet.env, "status", campaign, "down", "--json")
-    assert status.returncode == 1
-    assert '"state": "unknown"' in status.stdout
+    assert status.returncode == 0  # known: DESIGN.md section 4 names the state
+    assert json.loads(status.stdout)["state"] == "dead_lettered"
+    assert json.loads(status.stdout)["dead_letter_id"] == entry["id"]
+    assert [a["status"] for a in entry["history"]] == [503, 503, 503]
 
     replay = cli(fleet.env, "dlq", "replay", entry["id"])
     assert replay.returncode == 0, replay.stderr
