@@ -26,6 +26,9 @@ key                                   type     meaning, lifetime
                                                mover that takes one pushes it ahead (retake)
 ``{p}:cancelled:{campaign}:{key}``    string   cancelled before it was sent: time (ms); TTL
 ``{p}:projects``                      set      project ids the fleet's workers send for
+``{p}:workers``                       hash     worker short id -> host:pid (attempt history;
+                                               the last 10,000 kept)
+``{p}:worker-seq``                    string   the last worker short id handed out
 ``{p}:ratelimit:{project}``           string   GCRA theoretical arrival time (us); PX
 ``{p}:breaker:{project}``             hash     circuit breaker state, reason, probe_at
 ====================================  =======  ==========================================
@@ -130,6 +133,16 @@ class KeySpace:
     def projects(self) -> str:
         """Set of the project ids the fleet's workers send for (registered at start-up)."""
         return f"{self.prefix}:projects"
+
+    @property
+    def workers(self) -> str:
+        """Hash of worker process names by short id (attempt histories store the id)."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def worker_seq(self) -> str:
+        """Counter handing out worker short ids."""
+        return f"{self.prefix}:worker-seq"
 
     @property
     def reconciler_lease(self) -> str:

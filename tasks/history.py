@@ -2,11 +2,15 @@
 
 Each attempt is one short entry in field ``h`` of the scope's meta hash (which
 lives as long as the key is remembered):
-``number,at_ms,status,latency_ms,worker,error`` with ``number`` the attempt's
-number across every delivery of the trigger, ``status`` the HTTP status or
+``number,at,status,latency_ms,worker[,error]`` with ``number`` the attempt's
+number across every delivery of the trigger, ``at`` in ms after the scope's
+``first_seen`` (a few digits, not thirteen), ``worker`` the worker process's
+short id in the fleet's register (``{p}:workers``: id -> host:pid, the last
+10,000 kept), ``status`` the HTTP status or
 ``network``, ``error`` the kind of a network error (an exception class name)
 or empty, and entries joined by ``;``. Only ids and statuses, never property
-values or response bodies. A typical trigger has one attempt: about 45 bytes.
+values or response bodies. A typical trigger has one attempt, ``1,40,200,87,2s``:
+about 16 more bytes in the store's memory.
 At most ``cap`` entries are kept (the newest); ``cap`` 0 keeps none.
 
 The successful attempt is recorded by the ledger's commit in the same step
@@ -17,6 +21,7 @@ time) is not added twice.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -36,6 +41,9 @@ __all__ = [
     "Attempt",
     "AttemptHistory",
     "attempt_of",
+    "base_ms",
+    "parse",
+    "resolve_workers",
     "worker_tag",
 ]
 
@@ -90,6 +98,20 @@ def _tag(pid: int) -> str:
     return f"{socket.gethostname().split('.')[0][:24]}:{pid}"
 
 
+#: Worker names kept in the fleet's register (the oldest go first).
+WORKERS_KEPT = 10_000
+
+# KEYS: worker sequence, worker register.  ARGV: name, kept.  A short id for a
+# worker process (entries store it, not the name); the register keeps the last
+# `kept` names, so it stays bounded however often workers restart.
+_REGISTER = """
+local id = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], id, ARGV[1])
+if id > tonumber(ARGV[2]) then redis.call('HDEL', KEYS[2], id - tonumber(ARGV[2])) end
+return id
+"""
+
+
 def _clean(text: str) -> str:
     # the separators of the encoding never appear inside a field
     return text.replace(",", " ").replace(";", " ")
@@ -106,24 +128,27 @@ class Attempt:
     worker: str
     error: str | None = None
 
-    def encode(self) -> str:
-        """The compact form stored in the ledger."""
-        return ",".join(
+    def encode(self, base_ms: int = 0) -> str:
+        """The compact form stored in the ledger; ``at`` counted from ``base_ms``."""
+        text = ",".join(
             (
                 str(self.number),
-                str(self.at_ms),
+                str(self.at_ms - base_ms),
                 _clean(self.status),
                 str(self.latency_ms),
                 _clean(self.worker),
                 _clean(self.error or ""),
             )
         )
+        return text.removesuffix(",")  # no error: no empty field
 
     @classmethod
-    def decode(cls, text: str) -> Attempt:
-        """Read one stored entry."""
+    def decode(cls, text: str, base_ms: int = 0) -> Attempt:
+        """Read one stored entry (``at`` counted from ``base_ms``)."""
         number, at, status, latency, worker, error = [*text.split(","), "", "", "", ""][:6]
-        return cls(int(number), int(at or 0), status, int(latency or 0), worker, error or None)
+        return cls(
+            int(number), base_ms + int(at or 0), status, int(latency or 0), worker, error or None
+        )
 
     def to_json(self) -> dict[str, Any]:
         """``{"attempt", "at", "status", "latency_ms", "error", "worker"}`` (``status --json``)."""
@@ -142,7 +167,9 @@ class Attempt:
 _NETWORK_KIND = re.compile(r"network error: (\w+)")
 
 
-def attempt_of(number: int, error: ClixError | None, latency_ms: float, at_s: float) -> Attempt:
+def attempt_of(
+    number: int, error: ClixError | None, latency_ms: float, at_s: float, worker: str
+) -> Attempt:
     """The history entry of one HTTP attempt: its status, or ``network`` and the error's kind."""
     status = getattr(error, "status_code", None)
     kind = None
@@ -154,7 +181,7 @@ def attempt_of(number: int, error: ClixError | None, latency_ms: float, at_s: fl
         at_ms=int(at_s * 1000),
         status=str(status or (200 if error is None else "network")),
         latency_ms=round(latency_ms),
-        worker=worker_tag(),
+        worker=worker,
         error=kind,
     )
 
@@ -168,22 +195,74 @@ class AttemptHistory:
         self.cap = cap
         self.ttl_s = ttl_s
         self._record = redis_client.register_script(RECORD_ATTEMPT)
+        self._register = redis_client.register_script(_REGISTER)
+        self._worker: tuple[int, str] | None = None  # (pid, short id)
 
-    def record(self, scope: Scope, attempt: Attempt) -> None:
+    def worker_id(self) -> str:
+        """This worker process's short id in the fleet's register (registered on first use)."""
+        pid = os.getpid()
+        if self._worker is None or self._worker[0] != pid:
+            number = int(
+                self._register(
+                    keys=[self.keys.worker_seq, self.keys.workers],
+                    args=[worker_tag(), WORKERS_KEPT],
+                )
+            )
+            self._worker = (pid, _base36(number))
+        return self._worker[1]
+
+    def resolve(self, attempts: list[Attempt]) -> list[Attempt]:
+        """The attempts with worker ids replaced by the workers' names (one round trip)."""
+        return resolve_workers(self.redis, self.keys, attempts)
+
+    def record(self, scope: Scope, attempt: Attempt, base_ms: int = 0) -> None:
         """Append one failed attempt (nothing when the history is turned off)."""
         if self.cap > 0:
             self._record(
-                keys=[self.keys.meta(scope)], args=[attempt.encode(), self.cap, self.ttl_s]
+                keys=[self.keys.meta(scope)],
+                args=[attempt.encode(base_ms), self.cap, self.ttl_s],
             )
 
     def read(self, scope: Scope) -> list[Attempt]:
-        """The attempts remembered for a scope, oldest first."""
-        raw = self.redis.hget(self.keys.meta(scope), FIELD)
-        return parse(raw)
+        """The attempts remembered for a scope, oldest first, with the workers' names."""
+        raw, first_seen = self.redis.hmget(self.keys.meta(scope), FIELD, "first_seen")
+        return self.resolve(parse(raw, first_seen))
 
 
-def parse(raw: object) -> list[Attempt]:
-    """Decode a stored history (``None`` or empty: no attempts)."""
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, rest = divmod(number, 36)
+        text = digits[rest] + text
+        if number == 0:
+            return text
+
+
+def resolve_workers(conn: redis.Redis, keys: KeySpace, attempts: list[Attempt]) -> list[Attempt]:
+    """Replace the short worker ids of ``attempts`` by the names in the fleet's register."""
+    ids = sorted({a.worker for a in attempts if a.worker})
+    if not ids:
+        return attempts
+    try:
+        names = conn.hmget(keys.workers, [str(int(i, 36)) for i in ids])
+    except ValueError:  # not ids (an entry written with a name)
+        return attempts
+    by_id = {i: as_text(n) for i, n in zip(ids, names, strict=True) if n is not None}
+    return [dataclasses.replace(a, worker=by_id.get(a.worker, a.worker)) for a in attempts]
+
+
+def base_ms(first_seen: object) -> int:
+    """The time history entries are counted from: the scope's ``first_seen`` (s), in ms."""
+    try:
+        return int(float(as_text(first_seen)) * 1000) if first_seen else 0
+    except ValueError:
+        return 0
+
+
+def parse(raw: object, first_seen: object = None) -> list[Attempt]:
+    """Decode a stored history (``None`` or empty: no attempts) of a scope."""
     if not raw:
         return []
-    return [Attempt.decode(part) for part in as_text(raw).split(";") if part]
+    base = base_ms(first_seen)
+    return [Attempt.decode(part, base) for part in as_text(raw).split(";") if part]

@@ -14,7 +14,7 @@ from typing import Any
 
 from config.keys import Scope, as_text
 from tasks.dlq_entry import iso_time
-from tasks.history import FIELD, Attempt, parse
+from tasks.history import FIELD, Attempt, parse, resolve_workers
 from tasks.idempotency import IdempotencyStore
 
 __all__ = ["TriggerState", "look_up"]
@@ -54,9 +54,9 @@ def look_up(store: IdempotencyStore, scope: Scope) -> TriggerState:
     pipe = store.redis.pipeline(transaction=False)
     pipe.exists(keys.cancelled(campaign, key))
     pipe.hget(keys.scheduled(campaign, key), "send_at_ms")
-    pipe.hget(keys.meta(scope), FIELD)
-    cancelled, send_at, history = pipe.execute()
-    attempts = parse(history)
+    pipe.hmget(keys.meta(scope), FIELD, "first_seen")
+    cancelled, send_at, (history, first_seen) = pipe.execute()
+    attempts = resolve_workers(store.redis, keys, parse(history, first_seen))
     if ledger.state in ("done", "in_flight"):
         return TriggerState(ledger.state, trigger_id=ledger.trigger_id, attempts=attempts)
     if ledger.dead_entry_id:

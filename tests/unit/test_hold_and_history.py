@@ -12,7 +12,7 @@ from config.keys import Scope
 from tasks.cancel import Canceller
 from tasks.delivery import EarlyCopy
 from tasks.errors import DeadLettered
-from tasks.history import Attempt, AttemptHistory
+from tasks.history import Attempt, AttemptHistory, worker_tag
 from tasks.idempotency import ClaimState, new_owner
 from tasks.lookup import look_up
 from tasks.schedule import ScheduleStore
@@ -146,6 +146,9 @@ def test_every_attempt_of_a_trigger_that_needed_three_is_in_its_history(pipeline
     assert attempts[1]["error"] == "ConnectError"
     fields = {"attempt", "at", "status", "latency_ms", "error", "worker"}
     assert all(set(a) == fields for a in attempts)
+    assert {a["worker"] for a in attempts} == {worker_tag()}  # shown by name
+    stored = p.ctx.conn.hget(p.ctx.store.keys.meta(scope_of(p)), "h").decode()
+    assert worker_tag() not in stored  # stored as a short id
 
 
 def test_a_dead_lettered_trigger_carries_its_attempts(pipeline: Pipe) -> None:
@@ -164,8 +167,10 @@ def test_the_history_keeps_the_last_entries_only_and_stays_small(pipeline: Pipe)
         history.record(scope_of(p), Attempt(number, 1_800_000_000_000, "503", 40, "w1:42"))
     kept = history.read(scope_of(p))
     assert [a.number for a in kept] == list(range(5, 25))
-    one = Attempt(1, 1_800_000_000_000, "200", 87, "worker-host-01:12345").encode()
-    assert len(one) <= 48  # a typical trigger's whole history
+    one = Attempt(1, 1_800_000_000_040, "200", 87, "worker-host-01:12345")
+    encoded = one.encode(base_ms=1_800_000_000_000)  # counted from first_seen
+    assert encoded == "1,40,200,87,worker-host-01:12345"  # a typical trigger's whole history
+    assert Attempt.decode(encoded, base_ms=1_800_000_000_000) == one
 
 
 def test_a_history_of_zero_keeps_nothing(pipeline: Pipe) -> None:
