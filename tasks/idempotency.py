@@ -139,8 +139,9 @@ return 1
 
 # KEYS: lease, done, dead, meta, pending, pending index[, Celery result]
 # ARGV: owner, trigger_id, ttl_s[, result value, result ttl_s]
-# Done and no longer pending, in one step; the done record is the bare
-# trigger_id, and the counters only a running delivery needs are dropped. With
+# Done and no longer pending, in one step. What a done trigger is remembered
+# by is its done record alone, the bare trigger_id (the counters of its
+# deliveries served the running delivery and go). With
 # a Celery result key, the task's result is written (and published, as Celery's
 # Redis backend does) in the same step. 1: committed (also when this very
 # commit already landed); 0: another delivery holds the scope or committed first.
@@ -153,10 +154,8 @@ end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-redis.call('DEL', KEYS[1], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[6], KEYS[5])
-redis.call('HDEL', KEYS[4], 'sending', 'attempt_owner', 'took_over_by')
-redis.call('EXPIRE', KEYS[4], ARGV[3])
 if KEYS[7] then
   if tonumber(ARGV[5]) > 0 then
     redis.call('SET', KEYS[7], ARGV[4], 'EX', ARGV[5])
