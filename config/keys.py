@@ -9,9 +9,11 @@ glob character reaches a ``SCAN MATCH`` pattern.
 key                                   type     meaning, lifetime
 ====================================  =======  ==========================================
 ``{p}:lease:{scope}``                 string   in flight: owner ``task_id|nonce``; PX lease
-``{p}:done:{scope}``                  string   done: JSON ``trigger_id``, ``done_at``; TTL
+``{p}:done:{scope}``                  string   done: the bare ``trigger_id``; TTL (all that is
+                                               remembered of a delivered trigger)
 ``{p}:dead:{scope}``                  string   dead-lettered: the DLQ entry id; TTL
-``{p}:meta:{scope}``                  hash     deliveries, attempts, first_seen, sending; TTL
+``{p}:meta:{scope}``                  hash     deliveries, attempts, first_seen, sending; TTL;
+                                               deleted when the trigger is done
 ``{p}:dlq:entries``                   hash     DLQ entry id -> entry JSON; durable
 ``{p}:dlq:index``                     zset     DLQ entry ids by failure time (ms)
 ``{p}:dlq:unscoped``                  hash     fingerprint of an entry without scope -> its id
@@ -31,6 +33,8 @@ key                                   type     meaning, lifetime
 ``{p}:worker-seq``                    string   the last worker short id handed out
 ``{p}:ratelimit:{project}``           string   GCRA theoretical arrival time (us); PX
 ``{p}:breaker:{project}``             hash     circuit breaker state, reason, probe_at
+``{p}:breaker:{project}:window``      hash     the fleet's request outcomes per second
+                                               (``{sec}:ok``/``{sec}:fail``); expires
 ====================================  =======  ==========================================
 
 TTLs come from :mod:`config.settings` (``CLIX_IDEMPOTENCY_TTL_S``,
@@ -180,6 +184,10 @@ class KeySpace:
     def breaker(self, project_id: str) -> str:
         """The fleet-wide circuit breaker of a project."""
         return f"{self.prefix}:breaker:{_part(project_id)}"
+
+    def breaker_window(self, project_id: str) -> str:
+        """The fleet's recent request outcomes, which the breaker judges."""
+        return f"{self.breaker(project_id)}:window"
 
     @property
     def stats(self) -> str:

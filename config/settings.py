@@ -185,7 +185,14 @@ class Settings(BaseSettings):
         65_536, ge=1024, description="Undecodable message bodies are kept in the DLQ up to this."
     )
     clix_key_prefix: str = Field("clix", min_length=1, description="Namespace of Redis keys.")
-    clix_result_ttl_s: int = Field(86_400, ge=60, description="Celery task results expire after.")
+    clix_result_ttl_s: int = Field(
+        3_600,
+        ge=60,
+        description=(
+            "Celery task results (what AsyncResult.get() reads) expire after; the ledger "
+            "remembers every trigger_id for CLIX_IDEMPOTENCY_TTL_S anyway."
+        ),
+    )
     clix_metrics_port: int | None = Field(
         None,
         ge=1,

@@ -170,6 +170,7 @@ class CircuitBreaker:
         redis_client: redis.Redis,
         state_key: str,
         *,
+        window_key: str | None = None,
         window_s: float = 10.0,
         min_samples: int = 10,
         failure_ratio: float = 0.8,
@@ -183,7 +184,7 @@ class CircuitBreaker:
     ) -> None:
         self.redis = redis_client
         self.state_key = state_key
-        self.window_key = f"{state_key}:window"
+        self.window_key = window_key or f"{state_key}:window"
         self.window_s = max(1, round(window_s))
         self.min_samples = min_samples
         self.failure_ratio = failure_ratio

@@ -173,9 +173,11 @@ def rate_limiter(settings: Settings, conn: redis.Redis, project_id: str) -> Rate
 
 def circuit_breaker(settings: Settings, conn: redis.Redis, project_id: str) -> CircuitBreaker:
     """The project's fleet-wide circuit breaker."""
+    keys = KeySpace(settings.clix_key_prefix)
     return CircuitBreaker(
         conn,
-        KeySpace(settings.clix_key_prefix).breaker(project_id),
+        keys.breaker(project_id),
+        window_key=keys.breaker_window(project_id),
         window_s=settings.clix_breaker_window_s,
         min_samples=settings.clix_breaker_min_samples,
         failure_ratio=settings.clix_breaker_failure_ratio,

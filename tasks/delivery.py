@@ -64,7 +64,7 @@ from tasks.errors import (
     route_for,
 )
 from tasks.feedback import FleetFeedback, outcome_of
-from tasks.history import attempt_of, base_ms
+from tasks.history import attempt_of
 from tasks.idempotency import Claim, ClaimState, ResultRecord, new_owner
 from tasks.metrics import count_outcome, observe_request, status_of
 from tasks.models import TriggerRequest
@@ -327,14 +327,13 @@ class Delivery:
             self._failures += 1
         observe_request(latency_ms / 1000, status_of(error))
         self._last_ambiguous = is_ambiguous(error)
-        base = base_ms(self.claim.first_seen if self.claim else None)
         try:
             worker = self.ctx.history.worker_id() if self.ctx.history.cap else ""
         except redis.RedisError:
             worker = ""  # the history is bookkeeping: never a reason to fail a trigger
         attempt = attempt_of(self.attempts, error, latency_ms, self.wall_clock(), worker)
         if error is None:
-            self._success = attempt.encode(base)  # recorded by the commit, in its step
+            self._success = attempt.encode()  # recorded by the commit, in its step
         # Advice to the fleet, not the trigger's outcome: a store error here must
         # not turn an accepted trigger into a requeue (and a resend).
         probe, self._probe = self._probe, False  # one request answers for the probe
@@ -345,7 +344,7 @@ class Delivery:
             if error is not None and not self._last_ambiguous:
                 self.ctx.store.not_sent(self.scope, self.owner)
             if error is not None:
-                self.ctx.history.record(self.scope, attempt, base)
+                self.ctx.history.record(self.scope, attempt)
         except redis.RedisError as exc:
             self._log("bookkeeping_failed", error=type(exc).__name__, level=logging.WARNING)
         if error is None:

@@ -1,22 +1,22 @@
 """The history of a trigger's attempts: the last few HTTP requests, kept in the ledger.
 
-Each attempt is one short entry in field ``h`` of the scope's meta hash (which
-lives as long as the key is remembered):
-``number,at,status,latency_ms,worker[,error]`` with ``number`` the attempt's
-number across every delivery of the trigger, ``at`` in ms after the scope's
-``first_seen`` (a few digits, not thirteen), ``worker`` the worker process's
-short id in the fleet's register (``{p}:workers``: id -> host:pid, the last
-10,000 kept), ``status`` the HTTP status or
-``network``, ``error`` the kind of a network error (an exception class name)
-or empty, and entries joined by ``;``. Only ids and statuses, never property
-values or response bodies. A typical trigger has one attempt, ``1,40,200,87,2s``:
-about 16 more bytes in the store's memory.
-At most ``cap`` entries are kept (the newest); ``cap`` 0 keeps none.
+Each attempt is one short entry: ``number,at,status,latency_ms,worker[,error]``
+with ``number`` the attempt's number across every delivery of the trigger,
+``at`` the time in ms since the epoch in base 36 (8 characters), ``status``
+the HTTP status or ``network``, ``error`` the kind of a network error (an
+exception class name), ``worker`` the worker process's short id in the
+fleet's register (``{p}:workers``: id -> host:pid, the last 10,000 kept);
+entries are joined by ``;``, the last ``cap`` kept (``cap`` 0 keeps none).
+Only ids and statuses, never property values or response bodies.
 
-The successful attempt is recorded by the ledger's commit in the same step
-(no round trip of its own); a failed one by :data:`RECORD_ATTEMPT`. Both are
-safe to repeat: an entry identical to the last one (same number, same
-time) is not added twice.
+While the trigger is in flight (or dead-lettered) the history is field ``h``
+of the scope's meta hash. The commit moves it into the done record, after the
+trigger_id and a ``|``, with the successful attempt, in the same step (no round
+trip of its own): a delivered trigger is remembered by that one string, and a
+typical one, with one attempt (``1,miqzq0xl,200,87,2s``), costs about 20 bytes
+more than without a history. A failed attempt is recorded by
+:data:`RECORD_ATTEMPT`. Both are safe to repeat: an entry identical to the last
+one (same number, same time) is not added twice.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ __all__ = [
     "Attempt",
     "AttemptHistory",
     "attempt_of",
-    "base_ms",
     "parse",
     "resolve_workers",
     "worker_tag",
@@ -50,29 +49,38 @@ __all__ = [
 #: Field of the meta hash holding the history.
 FIELD = "h"
 
-#: Lua: ``history_append(meta, entry, cap)`` appends one entry to the meta hash's
-#: history, keeps the last ``cap``; an entry equal to the last one (a repeated
-#: script) is not added again. Prepended to the scripts that record attempts
-#: (this module's and the ledger's commit, which records the successful one).
+#: Lua: ``history_join(history, entry, cap)`` is a history with one more entry,
+#: the last ``cap`` kept ('' when ``cap`` is 0); an entry equal to the last one
+#: (a repeated script) is not added again. ``history_append(meta, entry, cap)``
+#: does it in a meta hash. Prepended to the scripts that record attempts (this
+#: module's, and the ledger's commit, which moves the history with the
+#: successful attempt into the done record).
 HISTORY_APPEND_LUA = """
-local function history_append(meta, entry, cap)
+local function history_join(h, entry, cap)
   cap = tonumber(cap)
-  if entry == '' or cap <= 0 then return 0 end
-  local h = redis.call('HGET', meta, 'h')
-  if h then
-    if h == entry or string.sub(h, -(#entry + 1)) == ';' .. entry then return 0 end
-    h = h .. ';' .. entry
-  else
-    h = entry
+  if cap <= 0 then return '' end
+  h = h or ''
+  if entry ~= '' then
+    if h == '' then
+      h = entry
+    elseif not (h == entry or string.sub(h, -(#entry + 1)) == ';' .. entry) then
+      h = h .. ';' .. entry
+    end
   end
+  if h == '' then return '' end
   local n = 1
   for _ in string.gmatch(h, ';') do n = n + 1 end
   while n > cap do
     h = string.sub(h, string.find(h, ';', 1, true) + 1)
     n = n - 1
   end
+  return h
+end
+local function history_append(meta, entry, cap)
+  local h = history_join(redis.call('HGET', meta, 'h'), entry, cap)
+  if h == '' then return 0 end
   redis.call('HSET', meta, 'h', h)
-  return n
+  return 1
 end
 """
 
@@ -128,12 +136,12 @@ class Attempt:
     worker: str
     error: str | None = None
 
-    def encode(self, base_ms: int = 0) -> str:
-        """The compact form stored in the ledger; ``at`` counted from ``base_ms``."""
+    def encode(self) -> str:
+        """The compact form stored in the ledger."""
         text = ",".join(
             (
                 str(self.number),
-                str(self.at_ms - base_ms),
+                _base36(self.at_ms),
                 _clean(self.status),
                 str(self.latency_ms),
                 _clean(self.worker),
@@ -143,11 +151,11 @@ class Attempt:
         return text.removesuffix(",")  # no error: no empty field
 
     @classmethod
-    def decode(cls, text: str, base_ms: int = 0) -> Attempt:
-        """Read one stored entry (``at`` counted from ``base_ms``)."""
+    def decode(cls, text: str) -> Attempt:
+        """Read one stored entry."""
         number, at, status, latency, worker, error = [*text.split(","), "", "", "", ""][:6]
         return cls(
-            int(number), base_ms + int(at or 0), status, int(latency or 0), worker, error or None
+            int(number), int(at or "0", 36), status, int(latency or 0), worker, error or None
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -215,18 +223,26 @@ class AttemptHistory:
         """The attempts with worker ids replaced by the workers' names (one round trip)."""
         return resolve_workers(self.redis, self.keys, attempts)
 
-    def record(self, scope: Scope, attempt: Attempt, base_ms: int = 0) -> None:
+    def record(self, scope: Scope, attempt: Attempt) -> None:
         """Append one failed attempt (nothing when the history is turned off)."""
         if self.cap > 0:
             self._record(
-                keys=[self.keys.meta(scope)],
-                args=[attempt.encode(base_ms), self.cap, self.ttl_s],
+                keys=[self.keys.meta(scope)], args=[attempt.encode(), self.cap, self.ttl_s]
             )
 
     def read(self, scope: Scope) -> list[Attempt]:
-        """The attempts remembered for a scope, oldest first, with the workers' names."""
-        raw, first_seen = self.redis.hmget(self.keys.meta(scope), FIELD, "first_seen")
-        return self.resolve(parse(raw, first_seen))
+        """The attempts remembered for a scope (in flight or dead), with the workers' names."""
+        return self.resolve(parse(self.redis.hget(self.keys.meta(scope), FIELD)))
+
+
+def parse(raw: object, *, done: bool = False) -> list[Attempt]:
+    """Decode a stored history: a meta hash's ``h``, or a ``done`` record (after its ``|``)."""
+    if not raw:
+        return []
+    text = as_text(raw)
+    if done:  # trigger_id[|history]; records before 0.2 are JSON without one
+        text = "" if text.startswith("{") else text.partition("|")[2]
+    return [Attempt.decode(part) for part in text.split(";") if part]
 
 
 def _base36(number: int) -> str:
@@ -250,19 +266,3 @@ def resolve_workers(conn: redis.Redis, keys: KeySpace, attempts: list[Attempt]) 
         return attempts
     by_id = {i: as_text(n) for i, n in zip(ids, names, strict=True) if n is not None}
     return [dataclasses.replace(a, worker=by_id.get(a.worker, a.worker)) for a in attempts]
-
-
-def base_ms(first_seen: object) -> int:
-    """The time history entries are counted from: the scope's ``first_seen`` (s), in ms."""
-    try:
-        return int(float(as_text(first_seen)) * 1000) if first_seen else 0
-    except ValueError:
-        return 0
-
-
-def parse(raw: object, first_seen: object = None) -> list[Attempt]:
-    """Decode a stored history (``None`` or empty: no attempts) of a scope."""
-    if not raw:
-        return []
-    base = base_ms(first_seen)
-    return [Attempt.decode(part, base) for part in as_text(raw).split(";") if part]

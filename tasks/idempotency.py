@@ -159,8 +159,11 @@ return 1
 # KEYS: lease, done, dead, meta, pending, pending index[, Celery result]
 # ARGV: owner, trigger_id, ttl_s, result value, result ttl_s (unused without
 #       the result key), attempt history entry ('' = none), history cap
-# Done and no longer pending, in one step; the done record is the bare
-# trigger_id, and the counters only a running delivery needs are dropped. With
+# Done and no longer pending, in one step. What a done trigger is remembered
+# by is its done record alone: the bare trigger_id, followed by ``|`` and its
+# attempt history when there is one (tasks.history; the successful attempt
+# is added here). The counters of its deliveries served the running delivery
+# and go. With
 # a Celery result key, the task's result is written (and published, as Celery's
 # Redis backend does) in the same step. 1: committed (also when this very
 # commit already landed); 0: another delivery holds the scope or committed first.
@@ -169,17 +172,17 @@ _COMMIT = (
     + """
 local done = redis.call('GET', KEYS[2])
 if done then
-  if done == ARGV[2] then return 1 end
+  if done == ARGV[2] or string.sub(done, 1, #ARGV[2] + 1) == ARGV[2] .. '|' then return 1 end
   return 0
 end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-redis.call('DEL', KEYS[1], KEYS[5])
+local history = history_join(redis.call('HGET', KEYS[4], 'h'), ARGV[6], ARGV[7])
+local value = ARGV[2]
+if history ~= '' then value = ARGV[2] .. '|' .. history end
+redis.call('SET', KEYS[2], value, 'EX', ARGV[3])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[6], KEYS[5])
-redis.call('HDEL', KEYS[4], 'sending', 'attempt_owner', 'took_over_by')
-history_append(KEYS[4], ARGV[6], ARGV[7])
-redis.call('EXPIRE', KEYS[4], ARGV[3])
 if KEYS[7] then
   if tonumber(ARGV[5]) > 0 then
     redis.call('SET', KEYS[7], ARGV[4], 'EX', ARGV[5])
@@ -271,11 +274,14 @@ class Status:
 
 
 def done_trigger_id(raw: bytes | str) -> str:
-    """The ``trigger_id`` of a done record: the bare id (records before 0.2: JSON)."""
+    """The ``trigger_id`` of a done record: the bare id (records before 0.2: JSON).
+
+    A ``|`` and the trigger's attempt history may follow it (:mod:`tasks.history`).
+    """
     text = as_text(raw)
     if text.startswith("{"):
         return str(json.loads(text)["trigger_id"])
-    return text
+    return text.partition("|")[0]
 
 
 def new_owner(task_id: str) -> str:

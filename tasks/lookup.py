@@ -54,9 +54,11 @@ def look_up(store: IdempotencyStore, scope: Scope) -> TriggerState:
     pipe = store.redis.pipeline(transaction=False)
     pipe.exists(keys.cancelled(campaign, key))
     pipe.hget(keys.scheduled(campaign, key), "send_at_ms")
-    pipe.hmget(keys.meta(scope), FIELD, "first_seen")
-    cancelled, send_at, (history, first_seen) = pipe.execute()
-    attempts = resolve_workers(store.redis, keys, parse(history, first_seen))
+    pipe.hget(keys.meta(scope), FIELD)
+    pipe.get(keys.done(scope))  # a done trigger's history is in its done record
+    cancelled, send_at, history, done = pipe.execute()
+    stored = parse(done, done=True) if done is not None else parse(history)
+    attempts = resolve_workers(store.redis, keys, stored)
     if ledger.state in ("done", "in_flight"):
         return TriggerState(ledger.state, trigger_id=ledger.trigger_id, attempts=attempts)
     if ledger.dead_entry_id:

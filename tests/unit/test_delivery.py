@@ -263,11 +263,13 @@ def test_a_probe_that_is_accepted_closes_the_breaker_and_sends(
     time.sleep(0.5)  # generously past the probe time (Redis TIME: a real wait)
     assert p.ctx.breaker.state().state == "half_open"
     # the redelivered message is the probe; the key works again
-    assert p.run(KWARGS, task_id="task-1") == {"trigger_id": "trg-2", "deduplicated": False}
+    probe = p.delivery(KWARGS, task_id="task-1")
+    assert probe.run() == {"trigger_id": "trg-2", "deduplicated": False}
     assert p.ctx.breaker.state().state == "closed"
     outcomes = [getattr(r, "clix", {}).get("outcome") for r in caplog.records]
     assert "breaker_probe" in outcomes
-    assert p.ctx.store.meta(scope_of(p))["deliveries"] == "1"
+    assert probe.claim is not None
+    assert probe.claim.deliveries == 1  # the 401's delivery was not counted
 
 
 def test_repeated_401s_never_reach_the_redelivery_limit(pipeline: Pipe) -> None:
@@ -346,13 +348,15 @@ def test_an_outage_seen_by_other_workers_requeues_the_first_failing_trigger_too(
 
 def test_503_then_200_succeeds_within_one_delivery(pipeline: Pipe) -> None:
     p = pipeline(503, 503, 200, clix_max_attempts=3)
-    assert p.run(KWARGS) == {"trigger_id": "trg-3", "deduplicated": False}
-    assert p.ctx.store.meta(scope_of(p))["attempts"] == "3"
+    delivery = p.delivery(KWARGS)
+    assert delivery.run() == {"trigger_id": "trg-3", "deduplicated": False}
+    assert delivery.attempts == 3
 
 
 def test_429_is_waited_out_and_then_sent(pipeline: Pipe) -> None:
     p = pipeline(httpx.Response(429, headers={"Retry-After": "1.5"}), 200)
-    assert p.run(KWARGS)["trigger_id"] == "trg-2"
+    delivery = p.delivery(KWARGS)
+    assert delivery.run()["trigger_id"] == "trg-2"
     assert p.clix.sleeps.calls == [1.5]
     # the retry also waited for the fleet limiter held back by the 429
     # (with real sleeps the backoff has already spent that time)
@@ -558,11 +562,12 @@ def test_a_far_slot_extends_the_lease_while_waiting_without_counting_an_attempt(
             fake_redis.delete(p.ctx.limiter.key)  # the hold is over
 
     p = pipeline(503, 200, on_sleep=hold_the_fleet, on_limiter_sleep=time_passes)
-    assert p.run(KWARGS)["trigger_id"] == "trg-2"
+    delivery = p.delivery(KWARGS)
+    assert delivery.run()["trigger_id"] == "trg-2"
     assert p.limiter_sleeps.calls == [5.0, 5.0]
     # after the first bounded wait the lease was extended back to its full length
     assert lease_pttl[1] > 1_000
-    assert p.ctx.store.meta(scope_of(p))["attempts"] == "2"
+    assert delivery.attempts == 2
 
 
 def test_a_lease_lost_while_waiting_for_a_slot_stops_sending(
@@ -691,10 +696,11 @@ def test_copy_takes_over_when_the_first_deliverys_lease_expires(
     p.ctx.store.claim(scope, first)
     p.ctx.store.not_sent(scope, first)  # its request certainly failed; then it died
     sleeps = sleep_recorder(lambda call, s: fake_redis.delete(p.ctx.store.keys.lease(scope)))
-    assert p.run(KWARGS, task_id="task-1", sleep=sleeps)["deduplicated"] is False
+    copy = p.delivery(KWARGS, task_id="task-1", sleep=sleeps)
+    assert copy.run()["deduplicated"] is False
     assert len(sleeps.calls) == 1
     assert ambiguous_count(fake_redis, p) == 0
-    assert p.ctx.store.meta(scope)["attempts"] == "2"
+    assert copy.attempts == 2  # the dead delivery's request and its own
 
 
 def test_copy_that_waited_for_its_own_delivery_passes_the_breaker_before_sending(

@@ -147,8 +147,13 @@ def test_every_attempt_of_a_trigger_that_needed_three_is_in_its_history(pipeline
     fields = {"attempt", "at", "status", "latency_ms", "error", "worker"}
     assert all(set(a) == fields for a in attempts)
     assert {a["worker"] for a in attempts} == {worker_tag()}  # shown by name
-    stored = p.ctx.conn.hget(p.ctx.store.keys.meta(scope_of(p)), "h").decode()
-    assert worker_tag() not in stored  # stored as a short id
+    # a done trigger is remembered by its done record alone: the history is in it,
+    # the worker as a short id
+    assert not p.ctx.conn.exists(p.ctx.store.keys.meta(scope_of(p)))
+    stored = p.ctx.conn.get(p.ctx.store.keys.done(scope_of(p))).decode()
+    assert stored.startswith(state.trigger_id + "|")
+    assert worker_tag() not in stored
+    assert p.ctx.store.status(scope_of(p)).trigger_id == state.trigger_id
 
 
 def test_a_dead_lettered_trigger_carries_its_attempts(pipeline: Pipe) -> None:
@@ -167,10 +172,9 @@ def test_the_history_keeps_the_last_entries_only_and_stays_small(pipeline: Pipe)
         history.record(scope_of(p), Attempt(number, 1_800_000_000_000, "503", 40, "w1:42"))
     kept = history.read(scope_of(p))
     assert [a.number for a in kept] == list(range(5, 25))
-    one = Attempt(1, 1_800_000_000_040, "200", 87, "worker-host-01:12345")
-    encoded = one.encode(base_ms=1_800_000_000_000)  # counted from first_seen
-    assert encoded == "1,40,200,87,worker-host-01:12345"  # a typical trigger's whole history
-    assert Attempt.decode(encoded, base_ms=1_800_000_000_000) == one
+    one = Attempt(1, 1_800_000_000_040, "200", 87, "2s")  # a typical trigger's whole history
+    assert len(one.encode()) <= 20
+    assert Attempt.decode(one.encode()) == one
 
 
 def test_a_history_of_zero_keeps_nothing(pipeline: Pipe) -> None:
@@ -186,3 +190,14 @@ def test_a_repeated_record_is_not_counted_twice(pipeline: Pipe) -> None:
     history.record(scope_of(p), attempt)
     history.record(scope_of(p), attempt)  # the client repeated a script whose reply was lost
     assert history.read(scope_of(p)) == [attempt]
+
+
+def test_a_repeated_commit_with_a_history_still_answers_committed(pipeline: Pipe) -> None:
+    p = pipeline()
+    owner = new_owner("task-1")
+    p.ctx.store.claim(scope_of(p), owner)
+    entry = Attempt(1, 1_800_000_000_040, "200", 87, "2s").encode()
+    assert p.ctx.store.commit(scope_of(p), owner, "trg-1", attempt=entry, history_cap=20)
+    assert p.ctx.store.commit(scope_of(p), owner, "trg-1", attempt=entry, history_cap=20)
+    assert not p.ctx.store.commit(scope_of(p), owner, "trg-2", attempt=entry, history_cap=20)
+    assert p.ctx.store.status(scope_of(p)).trigger_id == "trg-1"
