@@ -10,8 +10,10 @@ connections, adds 20 ms, and a 20 s window of 429s comes and goes; it SIGKILLs
 a random worker 5 times (each replaced), cuts the store's connections for 1-3 s
 5 times (once right after Clix accepted), restarts the store's Redis once and
 the broker once, runs one producer with its clock 60 s behind (libfaketime),
-and holds one Clix answer past the lease. Then it waits for the drain and
-prints one line::
+and holds one Clix answer past the lease. It also schedules 2% more triggers
+5-30 s ahead and cancels half of them (bench/chaos_schedule.py): the kept ones
+must be delivered and never early, the cancelled ones never sent. Then it
+waits for the drain and prints one line::
 
     sent=… delivered=… lost=… duplicate_sends=… ambiguous_counted=… dlq=… expected_dlq=… …
 
@@ -44,6 +46,11 @@ sys.path.insert(0, str(ROOT))
 from bench.chaos_faults import FaultDriver, FaultPlan  # noqa: E402
 from bench.chaos_fleet import ChaosFleet  # noqa: E402
 from bench.chaos_load import Load, plan_load, send  # noqa: E402
+from bench.chaos_schedule import (  # noqa: E402
+    judge_scheduled,
+    schedule_and_cancel,
+    wait_for_scheduled,
+)
 from bench.chaos_verdict import (  # noqa: E402
     Verdict,
     ambiguous_counter,
@@ -137,6 +144,10 @@ def _run(
     sandbox.script(load.poison_campaign, *[rejection] * (10 * len(load.rejected_keys)))
     send(load, fleet.producer_env, fleet.workdir, fleet.broker.url, fleet.queue)
     print(f"chaos: sent {load.sent} ({load.clock_skew} for one producer in ten)", file=sys.stderr)
+    # scheduled triggers (half cancelled) fall due among the faults
+    scheduled = schedule_and_cancel(
+        fleet.store.url, fleet.prefix, load.campaign, len(load.triggers), rng
+    )
 
     def progress() -> float:
         stats = sandbox.http.get("/_sandbox/stats", params={"campaign_id": load.campaign})
@@ -157,6 +168,7 @@ def _run(
             < load.raw_count
         ):
             time.sleep(1)
+        still_open = wait_for_scheduled(fleet.store.url, fleet.prefix, scheduled, 60)
         verdict = judge(
             load,
             states,
@@ -164,6 +176,15 @@ def _run(
             dlq_entries(conn, fleet.prefix),
             ambiguous_counter(conn, fleet.prefix),
             driver.events,
+        )
+        checks, details, duplicates = judge_scheduled(
+            scheduled, sandbox.requests(scheduled.campaign), still_open
+        )
+        verdict.checks.update(checks)
+        verdict.details.update(details)
+        verdict.duplicate_sends += duplicates
+        verdict.checks["duplicates_within_ambiguous_counted"] = (
+            verdict.duplicate_sends <= verdict.ambiguous_counted
         )
     finally:
         conn.close()

@@ -18,6 +18,11 @@ alone): the queue Celery declares for the message is this app's own queue
 object. Producers in other languages write the record themselves; see
 ``examples/foreign-producer``.
 
+A publish with a Celery ETA (``send_task(..., countdown=... / eta=...)``) is
+put on the schedule instead (:mod:`tasks.schedule`): the message goes out at
+once without its ETA and is dropped by the worker as an early copy; the
+schedule's mover publishes the trigger, under the same task id, when it is due.
+
 Celery logs and swallows an exception raised by a signal handler, so a store
 that cannot be written cannot stop the publish here: the message goes out
 without a record (delivered as usual unless its worker dies in that gap) and an
