@@ -81,18 +81,21 @@ class WorkerContext:
             breaker=circuit_breaker(settings, conn, project_id),
             plans=plan_registry(settings.clix_plans),
             pending=PendingLedger(conn, keys, ttl_s=settings.clix_idempotency_ttl_s),
-            history=AttemptHistory(
-                conn,
-                keys,
-                cap=settings.clix_attempt_history,
-                ttl_s=settings.clix_idempotency_ttl_s,
-            ),
+            history=_history(settings, conn, keys),
         )
 
     def close(self) -> None:
         """Release pooled connections."""
         self.clix.close()
         self.conn.close()
+
+
+def _history(settings: Settings, conn: redis.Redis, keys: KeySpace) -> AttemptHistory:
+    history = AttemptHistory(
+        conn, keys, cap=settings.clix_attempt_history, ttl_s=settings.clix_idempotency_ttl_s
+    )
+    history.register()  # this process's short worker id, once (best effort)
+    return history
 
 
 def redis_client(settings: Settings) -> redis.Redis:

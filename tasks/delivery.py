@@ -327,10 +327,7 @@ class Delivery:
             self._failures += 1
         observe_request(latency_ms / 1000, status_of(error))
         self._last_ambiguous = is_ambiguous(error)
-        try:
-            worker = self.ctx.history.worker_id() if self.ctx.history.cap else ""
-        except redis.RedisError:
-            worker = ""  # the history is bookkeeping: never a reason to fail a trigger
+        worker = self.ctx.history.worker_id()  # no round trip
         attempt = attempt_of(self.attempts, error, latency_ms, self.wall_clock(), worker)
         if error is None:
             self._success = attempt.encode()  # recorded by the commit, in its step

@@ -206,18 +206,30 @@ class AttemptHistory:
         self._register = redis_client.register_script(_REGISTER)
         self._worker: tuple[int, str] | None = None  # (pid, short id)
 
-    def worker_id(self) -> str:
-        """This worker process's short id in the fleet's register (registered on first use)."""
-        pid = os.getpid()
-        if self._worker is None or self._worker[0] != pid:
+    def register(self) -> None:
+        """Take this worker process's short id in the fleet's register (at start-up).
+
+        Best effort: until it succeeds, attempts name the worker in full
+        (a few bytes more), and no attempt ever waits for the register.
+        """
+        if self.cap <= 0:
+            return
+        try:
             number = int(
                 self._register(
                     keys=[self.keys.worker_seq, self.keys.workers],
                     args=[worker_tag(), WORKERS_KEPT],
                 )
             )
-            self._worker = (pid, _base36(number))
-        return self._worker[1]
+        except redis.RedisError:
+            return
+        self._worker = (os.getpid(), _base36(number))
+
+    def worker_id(self) -> str:
+        """How attempts name this worker process: its short id, or its full name."""
+        if self._worker is not None and self._worker[0] == os.getpid():
+            return self._worker[1]
+        return worker_tag()
 
     def resolve(self, attempts: list[Attempt]) -> list[Attempt]:
         """The attempts with worker ids replaced by the workers' names (one round trip)."""
