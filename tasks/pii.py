@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
-from tasks.plan_rules import _snake
+from tasks.plan_values import snake_case
 
 __all__ = ["PII_KEY_PATTERN", "REDACTED", "pii_like_keys", "redact"]
 
@@ -61,7 +61,7 @@ def pii_like_keys(properties: dict[str, Any]) -> list[str]:
 
 
 def _pii_key(key: str) -> bool:
-    return bool(PII_KEY_PATTERN.search(_snake(key)))
+    return bool(PII_KEY_PATTERN.search(snake_case(key)))
 
 
 def _pii_value(value: object) -> bool:

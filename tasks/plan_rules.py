@@ -25,25 +25,31 @@ first (bad UTF-8, bad JSON and ``NaN`` are problems at ``$``).
 
 Loaded plans and the checking of triggers against them are in
 :mod:`tasks.plans`, which shares the helpers at the end of this module
-(``_matches``, ``_kind``, ``_at``...); :mod:`tasks.pii` reads keys with
-``_snake``.
+(``matches_type``, ``kind_of``, ``json_path``...); :mod:`tasks.pii` reads keys with
+``snake_case``.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import math
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
 from config.settings import ConfigurationError
 from tasks.models import MAX_ID_CHARS
+from tasks.plan_values import (
+    is_control,
+    json_path,
+    kind_of,
+    matches_type,
+    shown_value,
+    snake_case,
+    type_mismatch,
+)
 
 __all__ = [
     "AUDIENCE_MODES",
@@ -120,7 +126,7 @@ def validate_plan_data(data: object) -> list[Problem]:
     problems: list[Problem] = []
     _duplicate_keys(data, "$", problems)
     if not isinstance(data, dict):
-        return [*problems, Problem("$", f"a trigger plan is a JSON object, got {_kind(data)}")]
+        return [*problems, Problem("$", f"a trigger plan is a JSON object, got {kind_of(data)}")]
     _check_campaign_id(data, problems)
     _check_audience(data, problems)
     declared = _check_properties(data, problems)
@@ -170,12 +176,12 @@ def _no_nan(constant: str) -> object:
 def _duplicate_keys(value: object, path: str, problems: list[Problem]) -> None:
     if isinstance(value, dict):
         for key in getattr(value, "duplicates", ()):
-            problems.append(Problem(_at(path, key), "given twice; JSON keeps only the last"))
+            problems.append(Problem(json_path(path, key), "given twice; JSON keeps only the last"))
         for key, item in value.items():
-            _duplicate_keys(item, _at(path, key), problems)
+            _duplicate_keys(item, json_path(path, key), problems)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _duplicate_keys(item, _at(path, index), problems)
+            _duplicate_keys(item, json_path(path, index), problems)
 
 
 def _check_campaign_id(data: dict[str, Any], problems: list[Problem]) -> None:
@@ -185,12 +191,12 @@ def _check_campaign_id(data: dict[str, Any], problems: list[Problem]) -> None:
     value = data["campaign_id"]
     message = None
     if not isinstance(value, str):
-        message = f"must be a string, got {_kind(value)}"
+        message = f"must be a string, got {kind_of(value)}"
     elif not value.strip():
         message = "must not be empty"
     elif len(value) > MAX_ID_CHARS:
         message = f"must be at most {MAX_ID_CHARS} characters, got {len(value)}"
-    elif bad := sorted({c for c in value if c in "/?#" or c.isspace() or _is_control(c)}):
+    elif bad := sorted({c for c in value if c in "/?#" or c.isspace() or is_control(c)}):
         shown = ", ".join(repr(c) for c in bad)
         message = f"must be usable as a URL path segment; it contains {shown}"
     if message:
@@ -202,17 +208,17 @@ def _check_audience(data: dict[str, Any], problems: list[Problem]) -> None:
         return
     audience = data["audience"]
     if not isinstance(audience, dict):
-        message = f'must be an object such as {{"mode": "broadcast"}}, got {_kind(audience)}'
+        message = f'must be an object such as {{"mode": "broadcast"}}, got {kind_of(audience)}'
         problems.append(Problem("$.audience", message))
         return
     mode = audience.get("mode", "default")
     if mode not in AUDIENCE_MODES:
         choices = " | ".join(AUDIENCE_MODES)
-        problems.append(Problem("$.audience.mode", f"must be {choices}, got {_show(mode)}"))
+        problems.append(Problem("$.audience.mode", f"must be {choices}, got {shown_value(mode)}"))
         mode = None
     targets = audience.get("targets")
     if mode == "targets" and not (isinstance(targets, list) and targets):
-        given = "missing" if "targets" not in audience else f"got {_show(targets)}"
+        given = "missing" if "targets" not in audience else f"got {shown_value(targets)}"
         message = f"mode targets needs a non-empty array of targets, {given}"
         problems.append(Problem("$.audience.targets", message))
     elif "targets" in audience and mode in ("broadcast", "default"):
@@ -229,7 +235,9 @@ def _check_audience(data: dict[str, Any], problems: list[Problem]) -> None:
 
 def _check_target(target: object, path: str, problems: list[Problem]) -> None:
     if not isinstance(target, dict):
-        message = f"a target is an object naming project_user_id or device_id, got {_kind(target)}"
+        message = (
+            f"a target is an object naming project_user_id or device_id, got {kind_of(target)}"
+        )
         problems.append(Problem(path, message))
         return
     given = [name for name in _TARGET_IDS if name in target]
@@ -241,21 +249,23 @@ def _check_target(target: object, path: str, problems: list[Problem]) -> None:
         problems.append(Problem(path, message))
     for name in given:
         if not (isinstance(target[name], str) and target[name].strip()):
-            problems.append(Problem(_at(path, name), "must be a non-empty string"))
+            problems.append(Problem(json_path(path, name), "must be a non-empty string"))
     _unknown_keys(target, path, _TARGET_IDS, frozenset(), problems)
 
 
 def _check_properties(data: dict[str, Any], problems: list[Problem]) -> set[str] | None:
     props = data.get("properties")
     if not isinstance(props, dict) or not props:
-        got = "missing" if "properties" not in data else f"got {_show(props)}"
+        got = "missing" if "properties" not in data else f"got {shown_value(props)}"
         message = f"must be a non-empty object declaring each trigger property, {got}"
         problems.append(Problem("$.properties", message))
         return set() if isinstance(props, dict) else None
     for key, spec in props.items():
-        path = _at("$.properties", key)
+        path = json_path("$.properties", key)
         if not _SNAKE.fullmatch(key):
-            hint = f"; did you mean {_snake(key)!r}?" if _SNAKE.fullmatch(_snake(key)) else ""
+            hint = (
+                f"; did you mean {snake_case(key)!r}?" if _SNAKE.fullmatch(snake_case(key)) else ""
+            )
             problems.append(Problem(path, f"key must be snake_case ({_SNAKE_TEXT}){hint}"))
         _check_spec(spec, path, problems)
     return set(props)
@@ -263,29 +273,29 @@ def _check_properties(data: dict[str, Any], problems: list[Problem]) -> set[str]
 
 def _check_spec(spec: object, path: str, problems: list[Problem]) -> None:
     if not isinstance(spec, dict):
-        message = f'must be an object such as {{"type": "string"}}, got {_kind(spec)}'
+        message = f'must be an object such as {{"type": "string"}}, got {kind_of(spec)}'
         problems.append(Problem(path, message))
         return
     kind = spec.get("type")
     if kind not in PLAN_TYPES:
-        got = "missing" if "type" not in spec else f"got {_show(kind)}"
+        got = "missing" if "type" not in spec else f"got {shown_value(kind)}"
         hint = (
             f" (use {_TYPE_HINTS[kind]!r})" if isinstance(kind, str) and kind in _TYPE_HINTS else ""
         )
         message = f"must be one of {', '.join(PLAN_TYPES)}; {got}{hint}"
-        problems.append(Problem(_at(path, "type"), message))
+        problems.append(Problem(json_path(path, "type"), message))
         kind = None
     for flag in ("required", "pii"):
         if flag in spec and not isinstance(spec[flag], bool):
-            message = f"must be true or false, got {_show(spec[flag])}"
-            problems.append(Problem(_at(path, flag), message))
+            message = f"must be true or false, got {shown_value(spec[flag])}"
+            problems.append(Problem(json_path(path, flag), message))
     example = spec.get("example")
     if isinstance(example, dict | list):
-        message = f"must be a primitive (string, number or boolean), got {_kind(example)}"
-        problems.append(Problem(_at(path, "example"), message))
-    elif example is not None and kind is not None and not _matches(kind, example):
-        message = f"{_show(example)} does not match the type: {_mismatch(kind, example)}"
-        problems.append(Problem(_at(path, "example"), message))
+        message = f"must be a primitive (string, number or boolean), got {kind_of(example)}"
+        problems.append(Problem(json_path(path, "example"), message))
+    elif example is not None and kind is not None and not matches_type(kind, example):
+        message = f"{shown_value(example)} does not match the type: {type_mismatch(kind, example)}"
+        problems.append(Problem(json_path(path, "example"), message))
     _unknown_keys(spec, path, _SPEC_KEYS, _NOTES, problems)
 
 
@@ -294,7 +304,7 @@ def _check_dynamic_filter_keys(
 ) -> None:
     keys = data.get("dynamic_filter_keys", [])
     if not isinstance(keys, list):
-        message = f"must be an array of property names, got {_kind(keys)}"
+        message = f"must be an array of property names, got {kind_of(keys)}"
         problems.append(Problem("$.dynamic_filter_keys", message))
         return
     if len(keys) > MAX_DYNAMIC_FILTER_KEYS:
@@ -307,7 +317,7 @@ def _check_dynamic_filter_keys(
     for index, key in enumerate(keys):
         path = f"$.dynamic_filter_keys[{index}]"
         if not isinstance(key, str) or not _SNAKE.fullmatch(key):
-            message = f"must be a snake_case string ({_SNAKE_TEXT}), got {_show(key)}"
+            message = f"must be a snake_case string ({_SNAKE_TEXT}), got {shown_value(key)}"
             problems.append(Problem(path, message))
         elif key in seen:
             problems.append(Problem(path, f"{key!r} is listed twice"))
@@ -327,82 +337,7 @@ def _unknown_keys(
     for key in obj:
         if key in known or key in notes or key.startswith("x-"):
             continue
-        guess = _snake(key) if _snake(key) in known else None
+        guess = snake_case(key) if snake_case(key) in known else None
         guess = guess or next(iter(difflib.get_close_matches(key, known, n=1, cutoff=0.75)), None)
         hint = f"; did you mean {guess!r}?" if guess else ""
-        problems.append(Problem(_at(path, key), f"unknown key{hint}"))
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def _matches(kind: str, value: object) -> bool:
-    if kind == "string":
-        return isinstance(value, str)
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if kind == "number":
-        if isinstance(value, float):
-            return math.isfinite(value)
-        return isinstance(value, int) and not isinstance(value, bool)
-    return kind == "datetime" and isinstance(value, str) and _is_datetime(value)
-
-
-def _mismatch(kind: str, value: object) -> str:
-    expected = "datetime (an ISO-8601 string)" if kind == "datetime" else kind
-    got = _kind(value)
-    if kind == "datetime" and isinstance(value, str):
-        got = "a string that is not ISO-8601"
-    elif kind == "number" and isinstance(value, bool):
-        got = "boolean (booleans are not numbers)"
-    elif kind == "number" and isinstance(value, float):
-        got = "a number that is not finite"
-    return f"expected {expected}, got {got}"
-
-
-def _is_datetime(text: str) -> bool:
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=repr)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _snake(key: str) -> str:
-    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key)
-    return re.sub(r"[^A-Za-z0-9]+", "_", spaced).strip("_").lower()
-
-
-def _at(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-        return f"{path}.{key}"
-    return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
-
-
-def _is_control(char: str) -> bool:
-    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+        problems.append(Problem(json_path(path, key), f"unknown key{hint}"))

@@ -25,14 +25,10 @@ from tasks.plan_rules import (
     PLAN_FILE_SUFFIX,
     PlanError,
     PropertySpec,
-    _at,
-    _kind,
-    _matches,
-    _mismatch,
     _read,
-    _snake,
     validate_plan_data,
 )
+from tasks.plan_values import json_path, kind_of, matches_type, snake_case, type_mismatch
 
 __all__ = ["PlanRegistry", "TriggerPlan", "check_contract", "discover_plan_files"]
 
@@ -107,9 +103,9 @@ class TriggerPlan:
         props = kwargs.get("properties")
         props = {} if props is None else props
         if not isinstance(props, dict):
-            return [*errors, f"properties: expected an object, got {_kind(props)}"], warnings
+            return [*errors, f"properties: expected an object, got {kind_of(props)}"], warnings
         for name, spec in self.properties.items():
-            where = _at("properties", name)
+            where = json_path("properties", name)
             if name in self.dynamic_filter_keys:
                 filtered = f"{plan} filters its audience on it (dynamic filter key)"
                 value = props.get(name)
@@ -121,16 +117,16 @@ class TriggerPlan:
                 if spec.required:
                     errors.append(f"{where}: required by {plan} but missing")
                 continue
-            if not _matches(spec.type, props[name]):
-                errors.append(f"{where}: {_mismatch(spec.type, props[name])}")
+            if not matches_type(spec.type, props[name]):
+                errors.append(f"{where}: {type_mismatch(spec.type, props[name])}")
         for name in props:
             if name not in self.properties:
-                guess = _snake(name) if _snake(name) in self.properties else None
+                guess = snake_case(name) if snake_case(name) in self.properties else None
                 guess = guess or next(
                     iter(difflib.get_close_matches(name, self.properties, 1)), None
                 )
                 hint = f"; did you mean {guess!r}?" if guess else ""
-                message = f"{_at('properties', name)}: not declared in {plan}{hint}"
+                message = f"{json_path('properties', name)}: not declared in {plan}{hint}"
                 (errors if strict else warnings).append(message)
         return errors, warnings
 

@@ -211,7 +211,8 @@ def starter_plan(
     plan without sample targets gets a placeholder target to edit.
     """
     from tasks.pii import _pii_key, pii_like_keys
-    from tasks.plan_rules import _matches, validate_plan_data
+    from tasks.plan_rules import validate_plan_data
+    from tasks.plan_values import matches_type
 
     trigger = trigger or {}
     unknown = sorted(set(trigger) - {"campaign_id", "idempotency_key", "audience", "properties"})
@@ -236,7 +237,7 @@ def starter_plan(
         spec = specs.setdefault(name, {"type": kind or "string", "required": True})
         if kind and kind != spec["type"]:
             spec["type"] = kind
-            if "example" in spec and not _matches(kind, spec["example"]):
+            if "example" in spec and not matches_type(kind, spec["example"]):
                 del spec["example"]
     if not specs:
         raise ValueError("no properties: give a sample trigger with properties, or property names")
@@ -258,12 +259,12 @@ def starter_plan(
 
 
 def _infer_type(name: str, value: object) -> str:
-    from tasks.plan_rules import _is_datetime, _kind
+    from tasks.plan_values import is_datetime, kind_of
 
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int | float):
         return "number"
     if isinstance(value, str):
-        return "datetime" if _ISO_DATE_START.fullmatch(value) and _is_datetime(value) else "string"
-    raise ValueError(f"properties.{name}: {_kind(value)} has no plan type; send a primitive")
+        return "datetime" if _ISO_DATE_START.fullmatch(value) and is_datetime(value) else "string"
+    raise ValueError(f"properties.{name}: {kind_of(value)} has no plan type; send a primitive")
