@@ -51,6 +51,24 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             "worker.broker_dead_letters:BrokerDeadLetterDrain",
         ]
 
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """The broker went away: close what is left of the connection, then reconnect.
+
+        kombu's Redis transport can fail to close a channel whose connection is
+        already gone (``'NoneType' object has no attribute 'hostname'`` while
+        restoring unacknowledged messages): Celery then treats the whole worker
+        as unrecoverable and exits, seen here when the broker restarts during a
+        drain. The connection is dropped either way and the messages it held
+        come back with the visibility timeout, so the worker reconnects instead.
+        """
+        try:
+            super().on_connection_error_after_connected(exc)
+        except AttributeError:
+            logger.warning(
+                "the lost broker connection could not be closed cleanly; reconnecting anyway",
+                exc_info=True,
+            )
+
     def _dead_letter_queue(self) -> DeadLetterQueue:
         # the main process's context: one Redis pool shared with the breaker watch
         return current().dlq
