@@ -146,23 +146,24 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
         "The bare task (bench/bare_app.py): SET NX PX, one pooled httpx POST, SET; "
         "same pool, concurrency and prefetch, same messages.",
         "",
-        "| pool | concurrency | worker | bare | ratio |",
-        "| --- | --- | --- | --- | --- |",
-        f"| {baseline['pool']} (default) | {baseline['concurrency']} | "
+        "| pool | concurrency | prefetch | worker | bare | ratio |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {baseline['pool']} (default) | {baseline['concurrency']} | 1 | "
         f"{_fmt(baseline['clix_per_s'])} | {_fmt(baseline['bare_per_s'])} | {_fmt(ratio_bare)} |",
     ]
     for row in baseline["per_pool"]:
         lines.append(
-            f"| {row['pool']} | {row['concurrency']} | {_fmt(row['clix_per_s'])} | "
-            f"{_fmt(row['bare_per_s'])} | {_fmt(row['ratio'])} |"
+            f"| {row['pool']} | {row['concurrency']} | {row['prefetch']} | "
+            f"{_fmt(row['clix_per_s'])} | {_fmt(row['bare_per_s'])} | {_fmt(row['ratio'])} |"
         )
     latencies = sorted({p["latency_ms"] for p in results["pools"]})
     lines += [
         "",
         "## Throughput against concurrency, per pool",
         "",
-        "One worker process (`-P POOL -c N`), triggers/s; RSS is the whole worker "
-        "(main process plus pool children) at 0 ms.",
+        "One worker process (`-P POOL -c N`, prefetch multiplier 1; gevent 4: at 1 it "
+        "stalls with the Redis broker, the bare task too), triggers/s; RSS is the whole "
+        "worker (main process plus pool children) at 0 ms.",
         "",
         "| pool | concurrency | " + " | ".join(f"{ms:g} ms" for ms in latencies) + " | RSS (MB) |",
         "| --- | --- | " + " | ".join("---" for _ in latencies) + " | --- |",
