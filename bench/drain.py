@@ -7,7 +7,8 @@ within ``window_s`` after a ``warmup_s`` that starts at the first request
 backlog runs dry first, the rate is taken over the requests that were there
 (``drained`` says so); a worker that stalls is charged for the whole window.
 The worker's resident memory is read at the end of the window, before it is
-killed (a throwaway queue; nothing waits for it).
+killed (a throwaway queue; nothing waits for it); CPU time per trigger of the
+workers, the store, the broker and the sandbox is taken over the window.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.load import publish_backlog
-from bench.stack import Stack, process_tree_rss_mb
+from bench.stack import Stack, process_tree_cpu_s, process_tree_rss_mb
 from config.settings import DEFAULT_CONCURRENCY
-from tests.integration.processes import wait_until
+from tests.integration.processes import WorkerProcess, wait_until
 
 #: The most triggers/s any point is expected to reach here (sizes the backlog).
 CEILING_PER_S = 900.0
@@ -98,9 +99,15 @@ def measure(
         # a worker that sends nothing is recorded as 0/s; the suite goes on
         with contextlib.suppress(AssertionError):
             wait_until(lambda: stack.seen(run.campaign) > 0, 60, "a first request", every_s=0.05)
-        deadline = time.monotonic() + warmup_s + window_s + 0.3
+        window_start = time.monotonic() + warmup_s
+        deadline = window_start + window_s + 0.3
+        cpu: dict[str, list[tuple[float, float]]] = {}  # (cpu seconds, requests seen)
         while time.monotonic() < deadline and stack.seen(run.campaign) < backlog:
+            if not cpu and time.monotonic() >= window_start:
+                cpu["start"] = _cpu_snapshot(stack, workers, run.campaign)
             time.sleep(0.25)
+        if cpu:
+            cpu["end"] = _cpu_snapshot(stack, workers, run.campaign)
         rss = [mb for w in workers for mb in process_tree_rss_mb(w.proc.pid)]
     finally:
         for worker in workers:
@@ -117,8 +124,37 @@ def measure(
         "requests": len(records),
         "rss_mb": [round(mb, 1) for mb in rss],
         "rss_mb_total": round(sum(rss), 1),
+        "cpu_ms_per_trigger": _cpu_per_trigger(cpu),
         "worker_ready_s": round(ready_s, 2),
         "publish_per_s": round(backlog / publish_s, 1),
+    }
+
+
+def _cpu_snapshot(
+    stack: Stack, workers: list[WorkerProcess], campaign: str
+) -> list[tuple[float, float]]:
+    """CPU seconds so far of the workers, the store, the broker and the sandbox; requests seen."""
+    seen = float(stack.seen(campaign))
+    pids = {
+        "workers": [w.proc.pid for w in workers],
+        "store": [stack.store.process.pid] if stack.store.process else [],
+        "broker": [stack.broker.process.pid] if stack.broker.process else [],
+        "sandbox": [stack.sandbox.proc.pid],
+    }
+    return [(sum(process_tree_cpu_s(pid) for pid in group), seen) for group in pids.values()]
+
+
+def _cpu_per_trigger(cpu: dict[str, list[tuple[float, float]]]) -> dict[str, float] | None:
+    """CPU milliseconds per delivered trigger over the window, per kind of process."""
+    if "end" not in cpu:
+        return None
+    names = ("workers", "store", "broker", "sandbox")
+    delivered = cpu["end"][0][1] - cpu["start"][0][1]
+    if delivered <= 0:
+        return None
+    return {
+        name: round((end[0] - start[0]) * 1000 / delivered, 3)
+        for name, start, end in zip(names, cpu["start"], cpu["end"], strict=True)
     }
 
 

@@ -281,6 +281,33 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
         "machines (with Redis and the sandbox on the same cores, as here).",
         "",
     ]
+    cpu = sizing.get("cpu_ms_per_trigger")
+    if cpu:
+        lines += [
+            "On paper, from CPU time per trigger (the README worker at 50 ms, over the "
+            f"measuring window): worker {cpu['workers']:.2f} ms, store Redis "
+            f"{cpu['store']:.2f} ms, broker Redis {cpu['broker']:.2f} ms (the sandbox, "
+            f"{cpu['sandbox']:.2f} ms, is Clix's side). One worker process runs on one "
+            f"core at most (the GIL): at most {_fmt(sizing['per_worker_process_max_per_s'])} "
+            f"triggers/s each. 1,000 triggers/s takes {sizing['cores_for_clix_limit']} "
+            f"cores of CPU time and at least {sizing['worker_processes_for_clix_limit']} "
+            "worker processes; keep machines below ~70% CPU.",
+            "",
+        ]
+    lines += [
+        "CPU milliseconds per trigger, by process, at 0 ms (default worker and bare task):",
+        "",
+        "| run | worker | store | broker | sandbox |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, point in (("README worker", by_ms.get(0)), ("bare task", baseline["bare"])):
+        cpu = (point or {}).get("cpu_ms_per_trigger")
+        if cpu:
+            lines.append(
+                f"| {name} | {cpu['workers']:.2f} | {cpu['store']:.2f} | "
+                f"{cpu['broker']:.2f} | {cpu['sandbox']:.2f} |"
+            )
+    lines.append("")
     return "\n".join(lines)
 
 

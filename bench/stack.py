@@ -156,8 +156,8 @@ class Stack:
         return redis.Redis.from_url(server.url)
 
 
-def process_tree_rss_mb(pid: int) -> list[float]:
-    """Resident memory (MB) of a process and each of its descendants, the process first."""
+def _process_tree(pid: int) -> list[int]:
+    """A process and its descendants, the process first."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -172,8 +172,13 @@ def process_tree_rss_mb(pid: int) -> list[float]:
         children = [child for child, parent in parents.items() if parent in frontier]
         tree += children
         frontier = children
+    return tree
+
+
+def process_tree_rss_mb(pid: int) -> list[float]:
+    """Resident memory (MB) of a process and each of its descendants, the process first."""
     sizes = []
-    for member in tree:
+    for member in _process_tree(pid):
         try:
             with open(f"/proc/{member}/status") as status:
                 for line in status:
@@ -182,3 +187,16 @@ def process_tree_rss_mb(pid: int) -> list[float]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return sizes
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and its descendants have used so far."""
+    total = 0
+    for member in _process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")

@@ -257,10 +257,29 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
             "runs": sizing_runs,
             "machine_per_s": best,
             "machines_for_clix_limit": math.ceil(CLIX_LIMIT_PER_S / best) if best else None,
+            **on_paper([p for p in default["points"] if p["latency_ms"] == 50]),
         }
     results["rss"] = rss_summary(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     return results
+
+
+def on_paper(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sizing from CPU time: what 1,000 triggers/s costs in cores, Clix's side not counted.
+
+    One worker process runs its threads on one core at most (the GIL), so it
+    delivers at most ``1000 / worker ms`` triggers/s however idle the machine.
+    """
+    cpu = points[0].get("cpu_ms_per_trigger") if points else None
+    if not cpu or not cpu.get("workers"):
+        return {}
+    ours_ms = cpu["workers"] + cpu["store"] + cpu["broker"]
+    return {
+        "cpu_ms_per_trigger": cpu,
+        "per_worker_process_max_per_s": round(1000 / cpu["workers"]),
+        "cores_for_clix_limit": round(CLIX_LIMIT_PER_S * ours_ms / 1000, 1),
+        "worker_processes_for_clix_limit": math.ceil(CLIX_LIMIT_PER_S * cpu["workers"] / 1000),
+    }
 
 
 def enqueue_rates(stack: Stack, triggers: int) -> dict[str, Any]:
