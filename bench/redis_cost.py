@@ -18,6 +18,7 @@ and the broker before publishing, once queued, and once delivered.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -30,6 +31,9 @@ from bench.load import typical_trigger
 from bench.stack import Stack
 from tests.integration.processes import wait_until
 
+#: Ids, numbers and hex in key names, folded so keys of one kind count together.
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|[0-9a-f]{12,}|\d+")
+
 
 class Monitor(threading.Thread):
     """Counts round trips a Redis server receives (``MONITOR``), until :meth:`stop`."""
@@ -40,6 +44,7 @@ class Monitor(threading.Thread):
         self._sock.sendall(b"MONITOR\r\n")
         self._stopping = threading.Event()
         self.round_trips: Counter[str] = Counter()
+        self.by_key: Counter[str] = Counter()  # "COMMAND key-pattern": who makes the trips
         self._in_multi: set[str] = set()
 
     def run(self) -> None:
@@ -72,13 +77,18 @@ class Monitor(threading.Thread):
         if name == "MULTI":
             self._in_multi.add(client)
         self.round_trips[name] += 1
+        args = line[line.index("]") + 1 :].strip().split(" ")
+        key = args[1].strip('"') if len(args) > 1 and name not in ("EVALSHA", "EVAL") else ""
+        if name in ("EVALSHA", "EVAL") and len(args) > 3:
+            key = f"{args[1].strip(chr(34))[:8]} {args[3].strip(chr(34))}"  # sha, first key
+        self.by_key[f"{name} {_ID.sub('*', key)[:60]}".strip()] += 1
 
-    def stop(self) -> Counter[str]:
-        """Stop reading; return round trips by command (a MULTI stands for its block)."""
+    def stop(self) -> Monitor:
+        """Stop reading (``round_trips``: by command, a MULTI standing for its block)."""
         time.sleep(0.3)  # let the last lines arrive
         self._stopping.set()
         self.join(timeout=5)
-        return self.round_trips
+        return self
 
 
 def _commandstats(conn: redis.Redis) -> Counter[str]:
@@ -89,6 +99,12 @@ def _commandstats(conn: redis.Redis) -> Counter[str]:
 def _per_trigger(counts: Counter[str], n: int) -> dict[str, Any]:
     by_command = {name: round(calls / n, 2) for name, calls in counts.most_common() if calls}
     return {"total": round(sum(counts.values()) / n, 2), "by_command": by_command}
+
+
+def _trips(monitor: Monitor, n: int) -> dict[str, Any]:
+    trips = _per_trigger(monitor.round_trips, n)
+    trips["by_key"] = {k: round(v / n, 2) for k, v in monitor.by_key.most_common(12)}
+    return trips
 
 
 def _key_bytes(conn: redis.Redis) -> int:
@@ -152,14 +168,14 @@ def measure(stack: Stack, triggers: int) -> dict[str, Any]:
         "producer": {
             side: {
                 "commands": _per_trigger(producer_calls[side], triggers),
-                "round_trips": _per_trigger(producer_trips[side], triggers),
+                "round_trips": _trips(producer_trips[side], triggers),
             }
             for side in conns
         },
         "worker": {
             side: {
                 "commands": _per_trigger(worker_calls[side], triggers),
-                "round_trips": _per_trigger(worker_trips[side], triggers),
+                "round_trips": _trips(worker_trips[side], triggers),
             }
             for side in conns
         },

@@ -246,6 +246,16 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
             )
     lines += [
         "",
+        "Round trips by key (MONITOR, per trigger; ids folded to `*`):",
+        "",
+    ]
+    for side in ("producer", "worker"):
+        for server in ("store", "broker"):
+            by_key = redis[side][server]["round_trips"].get("by_key", {})
+            shown = "; ".join(f"`{k}` {v:g}" for k, v in list(by_key.items())[:6])
+            lines.append(f"- {side}, {server}: {shown}")
+    lines += [
+        "",
         f"Bytes: a queued trigger {_fmt(queued)} (store "
         f"{_fmt(redis['bytes_per_queued_trigger']['store'])}, broker "
         f"{_fmt(redis['bytes_per_queued_trigger']['broker'])}); a remembered (delivered) "
