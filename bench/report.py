@@ -1,6 +1,6 @@
 """docs/BENCHMARKS.md and its plot, from the suite's JSON.
 
-    python -m bench.report bench-results.json     # re-render without re-running
+    python -m bench.report docs/benchmarks.json   # re-render without re-running
 
 The plot (docs/benchmarks.png) needs matplotlib (the ``bench`` extra); without
 it the page is written and says the plot is missing.

@@ -1,6 +1,6 @@
 """The benchmark suite: one command, one machine, every figure of docs/BENCHMARKS.md.
 
-    python -m bench.suite [--quick] [--out bench-results.json] [--no-docs]
+    python -m bench.suite [--quick] [--out docs/benchmarks.json] [--no-docs]
 
 Starts a broker Redis, a store Redis and the sandbox (bench/stack.py), then:
 
@@ -324,7 +324,7 @@ def rss_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke size: tiny N, few points")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.json")
     parser.add_argument("--no-docs", action="store_true", help="write the JSON only")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
