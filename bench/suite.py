@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.suite" + (" --quick" if args.quick else "")
     results = {"command": command, "quick": args.quick, **run_suite(size, workdir)}
     results["taken_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     _progress(f"wrote {args.out} ({results['duration_s']} s); worker logs in {workdir}")
     if not args.no_docs:
