@@ -18,8 +18,8 @@ Delivery settings and why:
   docs/BENCHMARKS.md). ``-P``/``-c`` on the command line override both (the
   prefork pool still works: clients are rebuilt after fork). Celery cannot
   tell ``-P prefork`` from its own default and lets a configured
-  ``worker_pool`` win over it, so the pool is configured only when the command
-  line names none. gevent is not a default: Celery only monkey-patches when
+  ``worker_pool`` win over it, so the pool (and its concurrency) is configured
+  only when the command line names none. gevent is not a default: Celery only monkey-patches when
   ``-P gevent`` is on the command line.
 * The Redis broker's connection cap (``max_connections``) is far above the
   concurrency: every thread acknowledges its own message (``acks_late``) over
@@ -96,7 +96,6 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_concurrency": DEFAULT_WORKER_CONCURRENCY,
         "result_expires": settings.clix_result_ttl_s,
         "result_extended": False,
         "task_track_started": False,
@@ -110,7 +109,9 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
         "clix_settings": settings,
     }
     if not pool_on_command_line(sys.argv if argv is None else argv):
+        # the pool and its size go together: `-P prefork` alone must not fork 64
         config["worker_pool"] = DEFAULT_WORKER_POOL
+        config["worker_concurrency"] = DEFAULT_WORKER_CONCURRENCY
     if settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
         config.update(_amqp_config(settings))
     return config

@@ -33,9 +33,11 @@ def test_plain_command_runs_threads_at_the_default_concurrency(
 def test_a_pool_named_on_the_command_line_is_not_overridden(
     make_settings: Callable[..., Settings], pool_args: list[str]
 ) -> None:
-    # Celery replaces an explicit `-P prefork` by a configured worker_pool.
-    config = celery_config(make_settings(), argv=[*PLAIN, *pool_args, "-c", "2"])
+    # Celery replaces an explicit `-P prefork` by a configured worker_pool;
+    # and `-P prefork` without `-c` must not fork one process per thread slot.
+    config = celery_config(make_settings(), argv=[*PLAIN, *pool_args])
     assert "worker_pool" not in config
+    assert "worker_concurrency" not in config
 
 
 def test_connection_caps_leave_room_for_every_thread(
