@@ -47,7 +47,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             points = sorted(
                 (p["concurrency"], p["triggers_per_s"])
                 for p in results["pools"]
-                if p["pool"] == pool and p["latency_ms"] == ms
+                if p["pool"] == pool and p["latency_ms"] == ms and p["triggers_per_s"] is not None
             )
             ax.plot([c for c, _ in points], [r for _, r in points], marker="o", label=pool)
         default = [p for p in results["default"]["points"] if p["latency_ms"] == ms]
@@ -68,6 +68,65 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _redis_section(redis: dict[str, Any], queued: Any, remembered: Any) -> list[str]:
+    lines = ["", "## Redis per trigger", ""]
+    if "error" in redis:
+        return [*lines, f"Not measured: {redis['error']}"]
+    lines += [
+        f"{redis['triggers']} triggers published with the bulk path, then drained by the "
+        "README's worker. Broker and store are separate servers. *Commands*: "
+        "`INFO commandstats` (counts commands inside Lua scripts and MULTI/EXEC one by one); "
+        "*round trips*: `MONITOR` (client commands, a MULTI ... EXEC block once, "
+        "script-internal commands not counted). The store also holds Celery's results.",
+        "",
+        "| side | server | round trips | commands | by command (commandstats) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for side in ("producer", "worker"):
+        for server in ("store", "broker"):
+            cell = redis[side][server]
+            top = ", ".join(
+                f"{name} {count:g}"
+                for name, count in list(cell["commands"]["by_command"].items())[:8]
+            )
+            lines.append(
+                f"| {side} | {server} | {_fmt(cell['round_trips']['total'])} | "
+                f"{_fmt(cell['commands']['total'])} | {top} |"
+            )
+    lines += ["", "Round trips by key (MONITOR, per trigger; ids folded to `*`):", ""]
+    for side in ("producer", "worker"):
+        for server in ("store", "broker"):
+            by_key = redis[side][server]["round_trips"].get("by_key", {})
+            shown = "; ".join(f"`{k}` {v:g}" for k, v in list(by_key.items())[:6])
+            lines.append(f"- {side}, {server}: {shown}")
+    lines += [
+        "",
+        f"Bytes: a queued trigger {_fmt(queued)} (store "
+        f"{_fmt(redis['bytes_per_queued_trigger']['store'])}, broker "
+        f"{_fmt(redis['bytes_per_queued_trigger']['broker'])}); a remembered (delivered) "
+        f"trigger {_fmt(remembered)} in the store (`MEMORY USAGE` of every key, before and after).",
+    ]
+    return lines
+
+
+def _producer_section(enqueue: dict[str, Any]) -> list[str]:
+    lines = ["", "## Producer", ""]
+    if "error" in enqueue:
+        return [*lines, f"Not measured: {enqueue['error']}"]
+    per_s = enqueue["per_s"]
+    return [
+        *lines,
+        f"{enqueue['triggers']} triggers per round, best of {enqueue['rounds']} rounds, one "
+        "process (the typical trigger: one target, two properties).",
+        "",
+        "| path | triggers/s |",
+        "| --- | --- |",
+        f"| bare `apply_async` (no validation, no pending record) | {_fmt(per_s['apply_async'])} |",
+        f"| `enqueue_trigger` | {_fmt(per_s['enqueue_trigger'])} |",
+        f"| `enqueue_many` (bulk) | {_fmt(per_s['enqueue_many'])} |",
+    ]
+
+
 def markdown(results: dict[str, Any], has_plot: bool) -> str:
     """The whole page."""
     m = results["machine"]
@@ -76,12 +135,12 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
     by_ms = {p["latency_ms"]: p for p in default["points"]}
     ratio_50 = default.get("ratio_50ms_to_0ms")
     ratio_bare = baseline.get("ratio")
-    own_trips = redis["worker"]["store"]["round_trips"]["total"]
-    remembered = redis["bytes_per_remembered_trigger"]
-    queued = sum(redis["bytes_per_queued_trigger"].values())
-    per_s = enqueue["per_s"]
-    one_vs_bare = enqueue["enqueue_trigger_vs_apply_async"]
-    bulk_vs_one = enqueue["enqueue_many_vs_enqueue_trigger"]
+    redis_ok = "error" not in redis
+    own_trips = redis["worker"]["store"]["round_trips"]["total"] if redis_ok else None
+    remembered = redis.get("bytes_per_remembered_trigger")
+    queued = sum(redis["bytes_per_queued_trigger"].values()) if redis_ok else None
+    one_vs_bare = enqueue.get("enqueue_trigger_vs_apply_async")
+    bulk_vs_one = enqueue.get("enqueue_many_vs_enqueue_trigger")
     lines = [
         "# Benchmarks",
         "",
@@ -115,15 +174,15 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
         f"{_fmt(ratio_bare)} ({_fmt(baseline['clix_per_s'])} / {_fmt(baseline['bare_per_s'])}) "
         f"| >= 0.9 | {_verdict(ratio_bare, (ratio_bare or 0) >= 0.9)} |",
         f"| our own Redis round trips per trigger (worker, store) | {_fmt(own_trips)} | <= 2 | "
-        f"{_verdict(own_trips, own_trips <= 2)} |",
+        f"{_verdict(own_trips, (own_trips or 0) <= 2)} |",
         f"| Redis bytes per remembered trigger | {_fmt(remembered)} | <= 300 | "
-        f"{_verdict(remembered, remembered <= 300)} |",
+        f"{_verdict(remembered, (remembered or 0) <= 300)} |",
         f"| Redis bytes per queued trigger (store + broker) | {_fmt(queued)} | <= 1,500 | "
-        f"{_verdict(queued, queued <= 1500)} |",
+        f"{_verdict(queued, (queued or 0) <= 1500)} |",
         f"| `enqueue_trigger` / bare `apply_async` | {_fmt(one_vs_bare)} | >= 0.9 | "
-        f"{_verdict(one_vs_bare, one_vs_bare >= 0.9)} |",
+        f"{_verdict(one_vs_bare, (one_vs_bare or 0) >= 0.9)} |",
         f"| bulk path / `enqueue_trigger`, per trigger | {_fmt(bulk_vs_one)} | >= 2 | "
-        f"{_verdict(bulk_vs_one, bulk_vs_one >= 2)} |",
+        f"{_verdict(bulk_vs_one, (bulk_vs_one or 0) >= 2)} |",
         "",
         "## The README's worker",
         "",
@@ -215,62 +274,17 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["latency"]:
+        if "error" in row:
+            lines.append(f"| {row['latency_ms']:g} ms | failed: {row['error']} | | | | |")
+            continue
         lines.append(
             f"| {row['latency_ms']:g} ms | {_fmt(row['offered_per_s'])} | {row['triggers']} | "
             f"{_fmt(row['p50_ms'], ' ms')} | {_fmt(row['p99_ms'], ' ms')} | "
             f"{_fmt(row['max_ms'], ' ms')} |"
         )
+    lines += _redis_section(redis, queued, remembered)
+    lines += _producer_section(enqueue)
     lines += [
-        "",
-        "## Redis per trigger",
-        "",
-        f"{redis['triggers']} triggers published with the bulk path, then drained by the "
-        "README's worker. Broker and store are separate servers. *Commands*: "
-        "`INFO commandstats` (counts commands inside Lua scripts and MULTI/EXEC one by one); "
-        "*round trips*: `MONITOR` (client commands, a MULTI ... EXEC block once, "
-        "script-internal commands not counted). The store also holds Celery's results.",
-        "",
-        "| side | server | round trips | commands | by command (commandstats) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for side in ("producer", "worker"):
-        for server in ("store", "broker"):
-            cell = redis[side][server]
-            top = ", ".join(
-                f"{name} {count:g}"
-                for name, count in list(cell["commands"]["by_command"].items())[:8]
-            )
-            lines.append(
-                f"| {side} | {server} | {_fmt(cell['round_trips']['total'])} | "
-                f"{_fmt(cell['commands']['total'])} | {top} |"
-            )
-    lines += [
-        "",
-        "Round trips by key (MONITOR, per trigger; ids folded to `*`):",
-        "",
-    ]
-    for side in ("producer", "worker"):
-        for server in ("store", "broker"):
-            by_key = redis[side][server]["round_trips"].get("by_key", {})
-            shown = "; ".join(f"`{k}` {v:g}" for k, v in list(by_key.items())[:6])
-            lines.append(f"- {side}, {server}: {shown}")
-    lines += [
-        "",
-        f"Bytes: a queued trigger {_fmt(queued)} (store "
-        f"{_fmt(redis['bytes_per_queued_trigger']['store'])}, broker "
-        f"{_fmt(redis['bytes_per_queued_trigger']['broker'])}); a remembered (delivered) "
-        f"trigger {_fmt(remembered)} in the store (`MEMORY USAGE` of every key, before and after).",
-        "",
-        "## Producer",
-        "",
-        f"{enqueue['triggers']} triggers per round, best of {enqueue['rounds']} rounds, one "
-        "process (the typical trigger: one target, two properties).",
-        "",
-        "| path | triggers/s |",
-        "| --- | --- |",
-        f"| bare `apply_async` (no validation, no pending record) | {_fmt(per_s['apply_async'])} |",
-        f"| `enqueue_trigger` | {_fmt(per_s['enqueue_trigger'])} |",
-        f"| `enqueue_many` (bulk) | {_fmt(per_s['enqueue_many'])} |",
         "",
         "## Sizing",
         "",

@@ -40,7 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,9 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
                 for ms in size.latencies_ms:
                     _progress(f"{pool} -c {concurrency} at {ms:g} ms")
                     point = Point("clix", pool, concurrency, ms, size.prefetch.get(pool))
-                    points.append(drain.measure(stack, point, **drain_options))
+                    points.append(
+                        _guarded(point, lambda p=point: drain.measure(stack, p, **drain_options))
+                    )
         results["pools"] = points
 
         for pool, concurrency in size.baseline_points.items():
@@ -209,7 +212,7 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
                 continue
             _progress(f"bare {pool} -c {concurrency}")
             point = Point("bare", pool, concurrency, 0, size.prefetch.get(pool))
-            bare_point = drain.measure(stack, point, **drain_options)
+            bare_point = _guarded(point, lambda p=point: drain.measure(stack, p, **drain_options))
             clix_rate = next(
                 (
                     p["triggers_per_s"]
@@ -236,22 +239,29 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
             _progress(f"steady load at {ms:g} ms")
             top = next(p["triggers_per_s"] for p in default["points"] if p["latency_ms"] == ms)
             results["latency"].append(
-                latency.measure(stack, latency_ms=ms, max_rate_per_s=top, duration_s=size.steady_s)
+                _guarded(
+                    {"latency_ms": ms},
+                    lambda ms=ms, top=top: latency.measure(
+                        stack, latency_ms=ms, max_rate_per_s=top, duration_s=size.steady_s
+                    ),
+                )
             )
 
         _progress("Redis commands and bytes per trigger")
-        results["redis"] = redis_cost.measure(stack, size.redis_triggers)
+        results["redis"] = _guarded({}, lambda: redis_cost.measure(stack, size.redis_triggers))
 
         _progress("producer rates")
-        results["enqueue"] = enqueue_rates(stack, size.enqueue_triggers)
+        results["enqueue"] = _guarded({}, lambda: enqueue_rates(stack, size.enqueue_triggers))
 
         _progress("sizing: several workers at 50 ms")
         sizing_runs = []
         for workers in size.sizing_workers:
             point = Point("clix", None, None, 50, workers=workers)
             options = {**drain_options, "warmup_s": size.warmup_s + 1.5 * workers}
-            sizing_runs.append(drain.measure(stack, point, **options))
-        best = max(p["triggers_per_s"] for p in sizing_runs)
+            sizing_runs.append(
+                _guarded(point, lambda p=point, o=options: drain.measure(stack, p, **o))
+            )
+        best = max((p["triggers_per_s"] or 0) for p in sizing_runs)
         results["sizing"] = {
             "latency_ms": 50,
             "runs": sizing_runs,
@@ -262,6 +272,27 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
     results["rss"] = rss_summary(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
     return results
+
+
+def _guarded(
+    where: Point | dict[str, Any], measure: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run one measurement; a failure is recorded in its place and the suite goes on.
+
+    The suite is long and run once: one broken point must not cost the others.
+    """
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - recorded, shown in the report, the run goes on
+        _progress(f"FAILED: {type(exc).__name__}: {exc}")
+        base = asdict(where) if isinstance(where, Point) else dict(where)
+        return {
+            **base,
+            "error": f"{type(exc).__name__}: {exc}"[:500],
+            "triggers_per_s": None,
+            "rss_mb": [],
+            "rss_mb_total": None,
+        }
 
 
 def on_paper(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -305,7 +336,7 @@ def rss_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     for point in [*results["default"]["points"][:1], *results["pools"]]:
         if point["latency_ms"] != 0:
             continue
-        sizes = point["rss_mb"]
+        sizes = point.get("rss_mb") or []
         rows.append(
             {
                 "pool": point["pool"] or f"{DEFAULT_WORKER_POOL} (default)",
@@ -315,7 +346,7 @@ def rss_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "per_child_mb": round(sum(sizes[1:]) / (len(sizes) - 1), 1)
                 if len(sizes) > 1
                 else None,
-                "total_mb": point["rss_mb_total"],
+                "total_mb": point.get("rss_mb_total"),
             }
         )
     return rows
