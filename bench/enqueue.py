@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 from bench.load import typical_trigger
+from bench.stack import Stack
 
 ROUNDS = 3
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rate(send: Callable[[int, int], None], n: int, round_number: int) -> float:
@@ -93,6 +97,23 @@ def main() -> int:
         )
     )
     return 0
+
+
+def enqueue_rates(stack: Stack, triggers: int) -> dict[str, Any]:
+    """bench/enqueue.py in a process of its own, configured through its environment."""
+    run = stack.new_run("clix")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.enqueue", str(triggers)],
+        env=run.env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.enqueue failed: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 if __name__ == "__main__":

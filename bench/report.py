@@ -2,8 +2,8 @@
 
     python -m bench.report docs/benchmarks.json   # re-render without re-running
 
-The plot (docs/benchmarks.png) needs matplotlib (the ``bench`` extra); without
-it the page is written and says the plot is missing.
+The plot (docs/benchmarks.png, bench/plot.py) needs matplotlib (the ``bench``
+extra); without it the page is written and says the plot is missing.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from bench.plot import plot
 
 PLOT_NAME = "benchmarks.png"
 
@@ -28,44 +30,6 @@ def _fmt(value: Any, suffix: str = "") -> str:
 
 def _verdict(value: float | None, good: bool) -> str:
     return "n/a" if value is None else ("met" if good else "**missed**")
-
-
-def plot(results: dict[str, Any], path: Path) -> bool:
-    """Throughput against concurrency, one panel per latency, one line per pool."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    latencies = sorted({p["latency_ms"] for p in results["pools"]})
-    pools = sorted({p["pool"] for p in results["pools"]})
-    fig, axes = plt.subplots(1, len(latencies), figsize=(4.2 * len(latencies), 3.6), squeeze=False)
-    for ax, ms in zip(axes[0], latencies, strict=True):
-        for pool in pools:
-            points = sorted(
-                (p["concurrency"], p["triggers_per_s"])
-                for p in results["pools"]
-                if p["pool"] == pool and p["latency_ms"] == ms and p["triggers_per_s"] is not None
-            )
-            ax.plot([c for c, _ in points], [r for _, r in points], marker="o", label=pool)
-        default = [p for p in results["default"]["points"] if p["latency_ms"] == ms]
-        if default:
-            ax.axhline(
-                default[0]["triggers_per_s"], color="grey", linestyle="--", label="README default"
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"Clix latency {ms:g} ms")
-        ax.set_xlabel("concurrency per worker process")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("triggers/s (one worker)")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 def _redis_section(redis: dict[str, Any], queued: Any, remembered: Any) -> list[str]:

@@ -31,13 +31,8 @@ this machine's cores together, like production on one box; numbers move
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,6 +42,8 @@ from typing import Any
 
 from bench import drain, latency, redis_cost
 from bench.drain import Point
+from bench.enqueue import enqueue_rates
+from bench.machine import machine, pools_available
 from bench.stack import Stack
 from config.celery_app import DEFAULT_WORKER_CONCURRENCY, DEFAULT_WORKER_POOL
 
@@ -104,43 +101,6 @@ QUICK = Size(
     sizing_workers=(2,),
     baseline_points={"prefork": 2},
 )
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were taken on."""
-    model = "unknown"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as meminfo:
-        mem_kb = int(meminfo.readline().split()[1])
-    versions = {}
-    for name in ("celery", "kombu", "redis", "httpx", "gevent"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
-    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "memory_gb": round(mem_kb / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "redis_server": server.stdout.split()[2] if server.returncode == 0 else None,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        **versions,
-    }
-
-
-def pools_available() -> list[str]:
-    """prefork and threads always; gevent when it is installed (the ``bench`` extra)."""
-    found = ["prefork", "threads"]
-    if importlib.util.find_spec("gevent") is not None:
-        found.append("gevent")
-    return found
 
 
 def _progress(message: str) -> None:
@@ -311,23 +271,6 @@ def on_paper(points: list[dict[str, Any]]) -> dict[str, Any]:
         "cores_for_clix_limit": round(CLIX_LIMIT_PER_S * ours_ms / 1000, 1),
         "worker_processes_for_clix_limit": math.ceil(CLIX_LIMIT_PER_S * cpu["workers"] / 1000),
     }
-
-
-def enqueue_rates(stack: Stack, triggers: int) -> dict[str, Any]:
-    """bench/enqueue.py in a process of its own, configured through its environment."""
-    run = stack.new_run("clix")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.enqueue", str(triggers)],
-        env=run.env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.enqueue failed: {done.stderr[-2000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def rss_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
