@@ -11,6 +11,20 @@ Delivery settings and why:
   message back instead of acknowledging it.
 * ``worker_prefetch_multiplier=1``: a worker holds no more messages than it
   works on, so a crash strands as few as possible and no copy waits in memory.
+* ``worker_pool="threads"``, ``worker_concurrency=DEFAULT_WORKER_CONCURRENCY``:
+  a delivery spends most of its time waiting for Clix (tens of ms over the
+  internet), so one process runs many deliveries at once; threads keep a
+  2-core machine busy at 50-200 ms of latency where prefork -c2 waits (see
+  docs/BENCHMARKS.md). ``-P``/``-c`` on the command line override both (the
+  prefork pool still works: clients are rebuilt after fork). Celery cannot
+  tell ``-P prefork`` from its own default and lets a configured
+  ``worker_pool`` win over it, so the pool (and its concurrency) is configured
+  only when the command line names none. gevent is not a default: Celery only monkey-patches when
+  ``-P gevent`` is on the command line.
+* The Redis broker's connection cap (``max_connections``) is far above the
+  concurrency: every thread acknowledges its own message (``acks_late``) over
+  a connection of its own, and kombu's default of 10 stalls tens of threads
+  (``MaxConnectionsError``). Connections are opened on demand, not reserved.
 * ``visibility_timeout`` and ``unacked_restore_*``: a message whose worker died
   entirely is handed out again after the visibility timeout; the restore sweep
   runs every ``CLIX_UNACKED_RESTORE_INTERVAL_S`` (kombu's default is about
@@ -25,14 +39,19 @@ Delivery settings and why:
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
 
-from config.settings import ConfigurationError, Settings, get_settings
+from config.settings import DEFAULT_CONCURRENCY, ConfigurationError, Settings, get_settings
 
 __all__ = [
     "AMQP_DELIVERY_LIMIT",
+    "BROKER_MAX_CONNECTIONS",
+    "DEFAULT_WORKER_CONCURRENCY",
+    "DEFAULT_WORKER_POOL",
     "TASK_NAME",
     "amqp_dead_letter_names",
     "amqp_dead_letter_queue",
@@ -42,6 +61,7 @@ __all__ = [
     "celery_config",
     "check_delivery_limit",
     "is_amqp",
+    "pool_on_command_line",
 ]
 
 #: Registered name of the task: part of the public contract.
@@ -62,18 +82,34 @@ AMQP_DELIVERY_LIMIT = 1000
 #: channel of the worker draining it dies, so it is never reached in practice.
 _PARKING_DELIVERY_LIMIT = 1000
 
+#: The plain ``celery -A worker worker``: a pool of threads, this many per process.
+DEFAULT_WORKER_POOL = "threads"
+DEFAULT_WORKER_CONCURRENCY = DEFAULT_CONCURRENCY
+#: Cap on the Redis broker's connections per worker process (opened on demand).
+BROKER_MAX_CONNECTIONS = 1024
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Build the Celery configuration for ``settings``."""
+
+def pool_on_command_line(argv: Sequence[str]) -> bool:
+    """Whether a ``celery worker`` command line chooses its pool (``-P``/``--pool``)."""
+    return any(arg in ("-P", "--pool") or arg.startswith(("-P", "--pool=")) for arg in argv)
+
+
+def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Build the Celery configuration for ``settings``.
+
+    ``argv``: the process's command line (default ``sys.argv``); the default
+    pool is configured only when it does not choose one.
+    """
     transport_options: dict[str, Any] = {
         "visibility_timeout": int(settings.clix_visibility_timeout_s),
         "unacked_restore_interval": settings.clix_unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
     }
+    broker_options = {**transport_options, "max_connections": BROKER_MAX_CONNECTIONS}
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.redis_url,
-        "broker_transport_options": transport_options,
+        "broker_transport_options": broker_options,
         "result_backend_transport_options": dict(transport_options),
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.clix_queue,
@@ -97,6 +133,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # application that configures its own app (or a test) is consistent.
         "clix_settings": settings,
     }
+    if not pool_on_command_line(sys.argv if argv is None else argv):
+        # the pool and its size go together: `-P prefork` alone must not fork 64
+        config["worker_pool"] = DEFAULT_WORKER_POOL
+        config["worker_concurrency"] = DEFAULT_WORKER_CONCURRENCY
     if is_amqp(settings):
         config.update(_amqp_config(settings))
     return config

@@ -1,4 +1,4 @@
-"""The Clix client: one pooled ``httpx.Client`` per worker process.
+"""The Clix client: one per worker process, one keep-alive connection per concurrent request.
 
 ``POST {base}/api/v1/campaigns/{campaign_id}:trigger`` with the project id,
 the secret API key and a JSON body that is exactly what the producer gave.
@@ -9,12 +9,24 @@ The API key lives only in the client's default headers: it is not in any
 exception text (httpx's messages name the URL, never headers), log line or
 ``repr``. The transport is a constructor argument, so unit tests pass an
 ``httpx.MockTransport`` instead of patching.
+
+Concurrency: a request checks out an ``httpx.Client`` of its own (one
+keep-alive connection each) and gives it back when answered. One client shared
+by tens of threads serialises them behind httpcore's pool lock (measured on 2
+cores at 50 ms latency, 64 threads: ~280/s shared against ~970/s with a client
+each); and under gevent its readability check yields while holding that lock.
+Clients are made on demand, so their number follows the pool's concurrency
+(threads, greenlets, or 1 in a prefork child) without being told it; up to
+``pool_size`` idle ones are kept, more are closed when given back.
 """
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -56,7 +68,7 @@ class Sent:
 
 
 class ClixClient:
-    """Sends triggers to Clix. Build once per process; thread-safe like httpx.Client."""
+    """Sends triggers to Clix. Build once per process; safe for any number of threads."""
 
     def __init__(
         self,
@@ -72,20 +84,56 @@ class ClixClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.policy = policy
+        self.pool_size = pool_size
         self._sleep = sleep
-        self._http = httpx.Client(
+        self._project_id = project_id
+        self._api_key = api_key  # a SecretStr until it goes into a request header
+        self._timeout = httpx.Timeout(timeout_s)
+        self._transport = transport
+        # Built once and shared: building a verifying context takes ~20 ms and
+        # ~1 MB per client; wrapping sockets with one context is thread-safe.
+        self._tls: ssl.SSLContext | None = None
+        self._idle: list[httpx.Client] = []  # LIFO: the warmest connection goes out first
+        self._lock = threading.Lock()  # guards the list only, never held during a request
+        self.created = 0  # httpx clients made so far (how far concurrency reached)
+
+    def _new_http(self) -> httpx.Client:
+        # One request at a time per client: one connection, kept alive.
+        if self._tls is None and self._transport is None:
+            self._tls = httpx.create_ssl_context()
+        return httpx.Client(
             base_url=self.base_url,
             headers={
-                "X-Clix-Project-ID": project_id,
-                "X-Clix-API-Key": api_key.get_secret_value(),
+                "X-Clix-Project-ID": self._project_id,
+                "X-Clix-API-Key": self._api_key.get_secret_value(),
                 "Content-Type": "application/json",
                 "User-Agent": "clix-trigger-worker",
             },
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
-            transport=transport,
+            timeout=self._timeout,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            verify=self._tls if self._tls is not None else True,
+            transport=self._transport,
             follow_redirects=False,
         )
+
+    @contextmanager
+    def _http(self) -> Iterator[httpx.Client]:
+        """An httpx client for this request alone, given back (or closed) afterwards."""
+        with self._lock:
+            http = self._idle.pop() if self._idle else None
+            if http is None:
+                self.created += 1
+        if http is None:
+            http = self._new_http()  # outside the lock: building one takes a few ms
+        try:
+            yield http
+        finally:
+            with self._lock:
+                keep = len(self._idle) < self.pool_size
+                if keep:
+                    self._idle.append(http)
+            if not keep:
+                http.close()
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> ClixClient:
@@ -106,8 +154,11 @@ class ClixClient:
         return f"ClixClient(base_url={self.base_url!r})"
 
     def close(self) -> None:
-        """Close pooled connections."""
-        self._http.close()
+        """Close idle pooled connections (those in use close when given back)."""
+        with self._lock:
+            idle, self._idle, self.pool_size = self._idle, [], 0
+        for http in idle:
+            http.close()
 
     @staticmethod
     def path_for(campaign_id: str) -> str:
@@ -117,9 +168,10 @@ class ClixClient:
     def send_once(self, request: TriggerRequest) -> tuple[str, Quota | None]:
         """One POST; return the ``trigger_id`` and quota, or raise a :class:`ClixError`."""
         try:
-            response = self._http.post(
-                self.path_for(request.campaign_id), content=request.body_bytes()
-            )
+            with self._http() as http:
+                response = http.post(
+                    self.path_for(request.campaign_id), content=request.body_bytes()
+                )
         except httpx.TransportError as exc:
             raise from_transport_error(exc) from None
         error = from_response(response)

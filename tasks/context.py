@@ -6,6 +6,14 @@ and handed to the task's steps as arguments. :func:`current` builds lazily and
 rebuilds when it notices it is in a new process, so the solo pool, the
 prefork pool and tests all get one context per process without import-time
 side effects.
+
+Sized to the concurrency, whatever it is: the threads (or gevent) pool runs
+tens of deliveries in one process on one context. Both pools grow on demand
+to what runs at once and hold no lock while a command or request is on the
+wire: redis-py's pool hands each thread a connection of its own (its lock
+guards a list pop), and :class:`tasks.client.ClixClient` gives each concurrent
+request an ``httpx.Client`` of its own. :func:`current` itself takes no lock
+once the context exists.
 """
 
 from __future__ import annotations
@@ -105,6 +113,9 @@ def redis_client(settings: Settings) -> redis.Redis:
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
+        # A cap, not a reservation: connections open as threads need them.
+        # redis-py's default of 100 would fail a worker run at -c 100 and up.
+        max_connections=STORE_MAX_CONNECTIONS,
         # The store's retry policy: after a dropped connection, reconnect and
         # repeat the command a few times within about a second. Every script
         # here is safe to repeat (owner-keyed, see tasks.idempotency); a store
@@ -116,6 +127,9 @@ def redis_client(settings: Settings) -> redis.Redis:
 #: Reconnect-and-repeat budget of one store command (about 1 s of waiting).
 STORE_RETRIES = 4
 STORE_RETRY_CAP_S = 0.5
+#: Most connections to the store per process (one per thread at work, plus the
+#: worker's own: reconciler, breaker watch, metrics).
+STORE_MAX_CONNECTIONS = 1024
 
 _lock = threading.Lock()
 _producer_ledgers: dict[tuple[int, str, str], PendingLedger] = {}
@@ -198,6 +212,9 @@ _pid: int | None = None
 def current() -> WorkerContext:
     """This process's context, built on first use."""
     global _context, _pid
+    context, pid = _context, _pid
+    if context is not None and pid == os.getpid():
+        return context  # every task calls this: no lock on the way
     with _lock:
         if _context is None or _pid != os.getpid():
             _context = WorkerContext.build(get_settings())

@@ -144,7 +144,12 @@ class SandboxProcess:
 
 
 class WorkerProcess:
-    """``celery -A worker worker`` as a child process in its own process group."""
+    """``celery -A worker worker`` as a child process in its own process group.
+
+    ``pool`` / ``concurrency`` of ``None`` leave the flag out (the app's
+    defaults apply); ``app``, ``loglevel`` and ``cluster=True`` (mingle, gossip
+    and heartbeat left on, as the README's plain command runs) serve the benches.
+    """
 
     def __init__(
         self,
@@ -152,34 +157,27 @@ class WorkerProcess:
         env: dict[str, str],
         *,
         queue: str,
-        concurrency: int = 2,
-        pool: str = "prefork",
+        concurrency: int | None = 2,
+        pool: str | None = "prefork",
         name: str | None = None,
+        app: str = "worker",
+        loglevel: str = "INFO",
+        cluster: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.name = name or f"w{uuid.uuid4().hex[:6]}"
         self.log_path = workdir / f"worker-{self.name}.log"
         self._log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "celery", "-A", app, "worker"]
+        if pool is not None:
+            command += ["-P", pool]
+        if concurrency is not None:
+            command += ["-c", str(concurrency)]
+        command += ["-Q", queue, "-n", f"{self.name}@%h", f"--loglevel={loglevel}"]
+        if not cluster:
+            command += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "-P",
-                pool,
-                "-c",
-                str(concurrency),
-                "-Q",
-                queue,
-                "-n",
-                f"{self.name}@%h",
-                "--loglevel=INFO",
-                "--without-mingle",
-                "--without-gossip",
-                "--without-heartbeat",
-            ],
+            [*command, *extra_args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

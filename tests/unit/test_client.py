@@ -442,3 +442,46 @@ def test_from_settings_applies_the_retry_policy(make_settings: Callable[..., Set
     assert client.policy == RetryPolicy.from_settings(settings)
     assert client.policy.max_attempts == 7
     client.close()
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+def _blocking_client(settings: Settings, barrier: Any, pool_size: int) -> ClixClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        barrier.wait()
+        return httpx.Response(200, json={"trigger_id": "t-1"})
+
+    return ClixClient.from_settings(
+        settings, transport=httpx.MockTransport(handler), pool_size=pool_size
+    )
+
+
+def test_concurrent_requests_each_get_a_client_of_their_own_and_reuse_it(
+    settings: Settings,
+) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = 8
+    barrier = threading.Barrier(threads, timeout=10)  # every request in flight at once
+    clix = _blocking_client(settings, barrier, pool_size=threads)
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(3):  # rounds: the second and third reuse the first's clients
+            ids = list(pool.map(lambda _: clix.send_once(request_for())[0], range(threads)))
+            assert ids == ["t-1"] * threads
+    assert clix.created == threads
+    clix.close()
+
+
+def test_clients_beyond_the_pool_size_are_closed_when_given_back(settings: Settings) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(4, timeout=10)
+    clix = _blocking_client(settings, barrier, pool_size=2)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: clix.send_once(request_for()), range(4)))
+    assert clix.created == 4
+    assert len(clix._idle) == 2
+    assert all(not http.is_closed for http in clix._idle)

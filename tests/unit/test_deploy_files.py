@@ -49,6 +49,19 @@ def test_procfile_runs_the_documented_commands() -> None:
     assert "celery -A worker flower" in readme
 
 
+def test_deploy_commands_run_the_default_pool_at_its_concurrency() -> None:
+    from config.celery_app import DEFAULT_WORKER_CONCURRENCY, app
+
+    compose = _compose()["services"]["worker"]["command"]
+    procfile = _procfile()["worker"]
+    assert app.conf.worker_pool == "threads"
+    for command in (" ".join(compose), procfile):
+        assert "-P " not in command
+        assert "--pool" not in command
+    assert not any(part.startswith(("--concurrency", "-c")) for part in compose)
+    assert f"--concurrency=${{WORKER_CONCURRENCY:-{DEFAULT_WORKER_CONCURRENCY}}}" in procfile
+
+
 def test_no_secret_is_baked_into_the_image() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "CLIX_API_KEY" not in dockerfile
