@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from config.settings import DEFAULT_CONCURRENCY
+
 __all__ = ["metrics", "sandbox", "up"]
 
 
@@ -33,7 +35,13 @@ def metrics(args: tuple[str, ...]) -> None:
 
 @click.command()
 @click.option("--flower-port", default=5555, show_default=True)
-@click.option("--concurrency", "-c", default=2, show_default=True)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Deliveries at once (threads of the worker, as the plain worker command runs).",
+)
 @click.option(
     "--demo/--no-demo",
     default=True,
