@@ -3,7 +3,7 @@
 Each script is one step that must not be seen half done: an entry written with
 its scope's dead mark, an unscoped entry written once per fingerprint, the
 begin and abort of a replay, the removal of an entry. KEYS and ARGV are named
-above each one; the ledger's own scripts are in :mod:`tasks.idempotency`.
+above each one; the ledger's own scripts are in :mod:`tasks.ledger_scripts`.
 """
 
 from __future__ import annotations
