@@ -15,12 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery import bootsteps
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
@@ -31,13 +29,11 @@ from tasks import context
 from tasks.errors import InvalidTrigger
 from tasks.pending import PendingLedger
 from tasks.reconciler import AmqpBrokerView, BrokerView, Reconciler, RedisBrokerView
+from worker.background import BackgroundLoop, BackgroundStep
 
 __all__ = ["ReconcilerThread", "Reconciliation", "build_reconciler"]
 
 logger = logging.getLogger("clix.reconciler")
-
-#: How long a stopping worker waits for a sweep in progress.
-STOP_TIMEOUT_S = 5.0
 
 
 def broker_view(settings: Settings) -> BrokerView:
@@ -116,8 +112,8 @@ def build_reconciler(settings: Settings, publisher: _Publisher | None = None) ->
     )
 
 
-class ReconcilerThread(threading.Thread):
-    """Sweeps every ``interval_s`` until stopped; errors are logged, the next sweep retries."""
+class ReconcilerThread(BackgroundLoop[Reconciler]):
+    """Sweeps every ``interval_s`` until stopped; a failed sweep is logged and tried again."""
 
     def __init__(
         self,
@@ -125,59 +121,31 @@ class ReconcilerThread(threading.Thread):
         interval_s: float,
         on_exit: Callable[[], None] = lambda: None,
     ) -> None:
-        super().__init__(name="clix-reconciler", daemon=True)
-        self._build = build
-        self._on_exit = on_exit
-        self.interval_s = interval_s
-        self._stopping = threading.Event()
-        self.sweeps = 0
+        super().__init__(
+            "clix-reconciler",
+            build,
+            self._sweep,
+            interval_s,
+            close=lambda reconciler: reconciler.store.redis.close(),
+            on_exit=on_exit,
+            logger=logger,
+            what="reconciler sweep",
+        )
 
-    def run(self) -> None:
-        """Build the reconciler here (its connections belong to this thread), then sweep."""
-        reconciler: Reconciler | None = None
-        try:
-            while not self._stopping.wait(self.interval_s):
-                try:
-                    if reconciler is None:
-                        reconciler = self._build()
-                    reconciler.sweep()
-                except Exception:  # Redis or broker trouble: the next sweep tries again
-                    logger.warning("reconciler sweep failed", exc_info=True)
-                self.sweeps += 1
-        finally:
-            if reconciler is not None:
-                reconciler.store.redis.close()
-            self._on_exit()
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stop after the sweep in progress (if any); wait at most ``timeout_s``."""
-        self._stopping.set()
-        if self.is_alive():
-            self.join(timeout_s)
+    def _sweep(self, reconciler: Reconciler) -> float:
+        reconciler.sweep()
+        return self.pause_s
 
 
-class Reconciliation(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Start the reconciler thread with the consumer; stop it with the consumer."""
+class Reconciliation(BackgroundStep):
+    """Sweep pending triggers with the consumer, in a thread of its own."""
 
-    requires = ("celery.worker.consumer.tasks:Tasks",)
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.thread: ReconcilerThread | None = None
-
-    def start(self, parent: Any) -> None:
-        """Begin sweeping (in a thread of its own)."""
+    def make_loop(self) -> ReconcilerThread:
+        """A reconciler thread publishing over a broker connection of its own."""
         settings = get_settings()
         publisher = _Publisher()
-        self.thread = ReconcilerThread(
+        return ReconcilerThread(
             lambda: build_reconciler(settings, publisher),
             settings.clix_reconcile_interval_s,
             on_exit=publisher.close,
         )
-        self.thread.start()
-
-    def stop(self, parent: Any) -> None:
-        """Stop sweeping."""
-        if self.thread is not None:
-            self.thread.stop()
-            self.thread = None

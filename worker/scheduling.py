@@ -15,11 +15,8 @@ sends for without being told the project.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
-
-from celery import bootsteps
 
 from config.keys import KeySpace
 from config.settings import Settings, get_settings
@@ -27,14 +24,12 @@ from tasks import context
 from tasks.errors import InvalidTrigger
 from tasks.mover import Mover
 from tasks.schedule import ScheduleStore
+from worker.background import BackgroundLoop, BackgroundStep
 from worker.reconciliation import _Publisher
 
 __all__ = ["MoverThread", "Scheduling", "build_mover"]
 
 logger = logging.getLogger("clix.scheduler")
-
-#: How long a stopping worker waits for a tick in progress.
-STOP_TIMEOUT_S = 5.0
 
 
 def build_mover(settings: Settings, publisher: _Publisher) -> Mover:
@@ -77,8 +72,8 @@ def build_mover(settings: Settings, publisher: _Publisher) -> Mover:
     )
 
 
-class MoverThread(threading.Thread):
-    """Ticks every ``tick_s`` until stopped; errors are logged, the next tick retries."""
+class MoverThread(BackgroundLoop[Mover]):
+    """Moves due triggers until stopped: at due times, at least every ``tick_s``."""
 
     def __init__(
         self,
@@ -86,66 +81,31 @@ class MoverThread(threading.Thread):
         tick_s: float,
         on_exit: Callable[[], None] = lambda: None,
     ) -> None:
-        super().__init__(name="clix-scheduler", daemon=True)
-        self._build = build
-        self._on_exit = on_exit
-        self.tick_s = tick_s
-        self._stopping = threading.Event()
-        self.ticks = 0
+        super().__init__(
+            "clix-scheduler",
+            build,
+            self._tick,
+            tick_s,
+            close=lambda mover: mover.schedule.redis.close(),
+            on_exit=on_exit,
+            logger=logger,
+            what="moving scheduled triggers",
+        )
 
-    def run(self) -> None:
-        """Build the mover here (its connections belong to this thread), then tick."""
-        mover: Mover | None = None
-        failures = 0
-        pause_s = self.tick_s
-        try:
-            while not self._stopping.wait(pause_s):
-                pause_s = self.tick_s
-                try:
-                    if mover is None:
-                        mover = self._build()
-                    report = mover.tick()
-                    pause_s = mover.pause_s(report.now_ms, self.tick_s)
-                    failures = 0
-                except Exception:  # Redis or broker trouble: the next tick tries again
-                    failures += 1
-                    if failures == 1 or failures % 100 == 0:  # not a line every tick
-                        logger.warning("moving scheduled triggers failed", exc_info=True)
-                self.ticks += 1
-        finally:
-            if mover is not None:
-                mover.schedule.redis.close()
-            self._on_exit()
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stop after the tick in progress (if any); wait at most ``timeout_s``."""
-        self._stopping.set()
-        if self.is_alive():
-            self.join(timeout_s)
+    def _tick(self, mover: Mover) -> float:
+        report = mover.tick()
+        return mover.pause_s(report.now_ms, self.pause_s)
 
 
-class Scheduling(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Start the mover thread with the consumer; stop it with the consumer."""
+class Scheduling(BackgroundStep):
+    """Move due scheduled triggers with the consumer, in a thread of its own."""
 
-    requires = ("celery.worker.consumer.tasks:Tasks",)
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.thread: MoverThread | None = None
-
-    def start(self, parent: Any) -> None:
-        """Begin moving (in a thread of its own)."""
+    def make_loop(self) -> MoverThread:
+        """A mover thread publishing over a broker connection of its own."""
         settings = get_settings()
         publisher = _Publisher()
-        self.thread = MoverThread(
+        return MoverThread(
             lambda: build_mover(settings, publisher),
             settings.clix_schedule_tick_s,
             on_exit=publisher.close,
         )
-        self.thread.start()
-
-    def stop(self, parent: Any) -> None:
-        """Stop moving."""
-        if self.thread is not None:
-            self.thread.stop()
-            self.thread = None
