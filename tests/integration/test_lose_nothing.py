@@ -139,24 +139,37 @@ def test_broker_restarted_without_persistence_loses_nothing(
         broker.stop()
 
 
+def _kill_workers_while_draining(
+    fleet: Fleet,
+    sandbox: SandboxProcess,
+    campaign: str,
+    keys: list[str],
+    *,
+    kills: int,
+    seed: int,
+) -> int:
+    """SIGKILL a fresh worker at a random moment, ``kills`` times, then leave one running."""
+    rng = random.Random(seed)
+    done = 0
+    while done < kills and len(_accepted(sandbox, campaign)) < len(keys):
+        worker = fleet.start_worker(concurrency=2)
+        time.sleep(rng.uniform(0.2, 0.8))
+        worker.kill()
+        done += 1
+    fleet.start_worker(concurrency=2)
+    return done
+
+
 def test_sigkilling_the_worker_main_process_over_and_over_loses_nothing(
     own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str, tmp_path: Path
 ) -> None:
     fleet = own_fleet(CLIX_VISIBILITY_TIMEOUT_S="10", CLIX_UNACKED_RESTORE_INTERVAL_S="1")
     keys = _write_triggers(tmp_path / "t.jsonl", campaign, 2000)
     assert cli(fleet.env, "enqueue", "--file", str(tmp_path / "t.jsonl")).returncode == 0
-    rng = random.Random(2026)
-    kills = 0
-    while kills < 10 and len(_accepted(sandbox, campaign)) < len(keys):
-        worker = fleet.start_worker(concurrency=2)
-        time.sleep(rng.uniform(0.2, 0.8))
-        worker.kill()
-        kills += 1
-    fleet.start_worker(concurrency=2)
+    kills = _kill_workers_while_draining(fleet, sandbox, campaign, keys, kills=10, seed=2026)
 
     _wait_all(fleet, sandbox, campaign, keys)
-    accepted = _accepted(sandbox, campaign)
-    doubled = sum(n - 1 for n in accepted.values())
+    doubled = sum(n - 1 for n in _accepted(sandbox, campaign).values())
     print(
         f"\n{kills} SIGKILLs of the main process; 0 of {len(keys)} lost; "
         f"{doubled} ambiguous duplicate(s), {_ambiguous(fleet)} counted"
@@ -212,18 +225,10 @@ def test_send_task_through_the_project_app_loses_nothing_while_workers_are_sigki
     conn = fleet.redis()
     assert conn.zcard(fleet.keys.pending_index) == len(keys)
     assert conn.llen(fleet.queue) == len(keys)
-    rng = random.Random(13)
-    kills = 0
-    while kills < 6 and len(_accepted(sandbox, campaign)) < len(keys):
-        worker = fleet.start_worker(concurrency=2)
-        time.sleep(rng.uniform(0.2, 0.8))
-        worker.kill()
-        kills += 1
-    fleet.start_worker(concurrency=2)
+    kills = _kill_workers_while_draining(fleet, sandbox, campaign, keys, kills=6, seed=13)
 
     _wait_all(fleet, sandbox, campaign, keys)
-    accepted = _accepted(sandbox, campaign)
-    doubled = sum(n - 1 for n in accepted.values())
+    doubled = sum(n - 1 for n in _accepted(sandbox, campaign).values())
     print(
         f"\n{kills} SIGKILLs; 0 of {len(keys)} send_task triggers lost; "
         f"{doubled} ambiguous duplicate(s), {_ambiguous(fleet)} counted; "
