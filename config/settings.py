@@ -323,15 +323,10 @@ class Settings(BaseSettings):
         return self.clix_visibility_timeout_s - VISIBILITY_MARGIN_S
 
     @property
-    def delivery_horizon_s(self) -> float:
-        """Longest time one delivery can keep sending: its deadline."""
-        return self.delivery_deadline_s
-
-    @property
     def retry_horizon_s(self) -> float:
         """Longest time copies of one trigger can keep arriving through redelivery."""
-        per_delivery = max(self.delivery_horizon_s, self.clix_visibility_timeout_s)
-        return per_delivery * (self.clix_redelivery_limit + 1)
+        # each delivery ends within its message's visibility timeout
+        return self.clix_visibility_timeout_s * (self.clix_redelivery_limit + 1)
 
     def require_credentials(self) -> tuple[str, SecretStr]:
         """Return ``(project_id, api_key)`` or raise naming the missing variable."""

@@ -219,7 +219,7 @@ def test_a_delivery_ends_a_margin_before_the_visibility_timeout() -> None:
     assert build().delivery_deadline_s == 60 - 5
     assert build(clix_visibility_timeout_s=100).delivery_deadline_s == 95
     # a delivery never outlives its message's visibility: no second copy grows meanwhile
-    assert build().delivery_horizon_s < build().clix_visibility_timeout_s
+    assert build().delivery_deadline_s < build().clix_visibility_timeout_s
 
 
 def test_a_visibility_timeout_too_short_for_one_request_is_refused() -> None:
