@@ -104,8 +104,12 @@ class RedisServer:
         try:
             while True:
                 try:
-                    if client.ping():
+                    # the answer must come from our process: a port taken by another
+                    # server in the meantime would otherwise pass for ours
+                    if client.ping() and self._answering_pid(client) == self.process.pid:
                         return self
+                    if self.process.poll() is not None:
+                        raise redis.ConnectionError("another server answers on this port")
                 except redis.ConnectionError:
                     if self.process.poll() is not None or time.monotonic() > deadline:
                         self.stop()
@@ -116,6 +120,10 @@ class RedisServer:
                     time.sleep(0.05)
         finally:
             client.close()
+
+    @staticmethod
+    def _answering_pid(client: redis.Redis) -> int:
+        return int(client.info("server")["process_id"])
 
     def stop(self) -> None:
         """Kill the server and, when the directory was ours, remove it."""

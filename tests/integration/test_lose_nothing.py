@@ -59,12 +59,20 @@ def _wait_all(fleet: Fleet, sandbox: SandboxProcess, campaign: str, keys: list[s
         conn = fleet.redis()
         states = Counter(fleet.store.status(fleet.scope(campaign, k)).state for k in missing)
         lines = [x for w in fleet.workers for x in w.log().splitlines() if "reconcil" in x]
+        exits = [w.proc.poll() for w in fleet.workers]
+        quiet = [
+            x[:300]
+            for w in fleet.workers
+            for x in w.log().splitlines()
+            if "outcome=" not in x and "received" not in x and "succeeded" not in x
+        ]
         raise AssertionError(
             f"{len(missing)} never delivered, e.g. {missing[:5]}; ledger states {dict(states)}; "
             f"pending {conn.zcard(fleet.keys.pending_index)}; "
             f"queue {conn.llen(fleet.queue)}; unacked {conn.hlen('unacked')}; "
             f"dlq {len(fleet.dlq.entries())}; "
-            f"reconciler lines {lines[-5:]}"
+            f"reconciler lines {lines[-5:]}; worker exit codes {exits}; "
+            f"last worker lines {quiet[-15:]}"
         ) from None
 
 
@@ -116,20 +124,23 @@ def test_reconciler_leaves_a_backlog_alone_and_in_flight_triggers_unsent(
 
 def test_broker_restarted_without_persistence_loses_nothing(
     own_fleet: Callable[..., Fleet],
-    sandbox: SandboxProcess,
+    own_sandbox: Callable[..., SandboxProcess],
     campaign: str,
     tmp_path: Path,
-    redis_factory: Callable[[], RedisServer],
 ) -> None:
+    # 40 ms per answer: the drain takes ~12 s, so the restart lands in its middle
+    sandbox = own_sandbox("--latency-ms", "40")
     broker = RedisServer(appendonly=False).start()
     try:
-        fleet = own_fleet(CELERY_BROKER_URL=broker.url)
+        fleet = own_fleet(clix=sandbox, CELERY_BROKER_URL=broker.url)
         keys = _write_triggers(tmp_path / "t.jsonl", campaign, 600)
         fleet.start_worker(concurrency=2)
         assert cli(fleet.env, "enqueue", "--file", str(tmp_path / "t.jsonl")).returncode == 0
         wait_until(lambda: len(_accepted(sandbox, campaign)) >= 100, 60, "the drain to start")
         port = broker.port
         broker.stop()  # forgets every queued trigger
+        lost = len(keys) - len(_accepted(sandbox, campaign))
+        assert lost > 100, "the drain finished before the restart: nothing tested"
         broker = RedisServer(port=port, appendonly=False).start()
 
         _wait_all(fleet, sandbox, campaign, keys)
