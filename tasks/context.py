@@ -24,13 +24,12 @@ import threading
 from dataclasses import dataclass
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from config.keys import KeySpace
 from config.settings import Settings, get_settings
 from tasks.breaker import CircuitBreaker
 from tasks.client import ClixClient
+from tasks.connections import store_client
 from tasks.dlq import DeadLetterQueue
 from tasks.history import AttemptHistory
 from tasks.idempotency import IdempotencyStore
@@ -108,28 +107,8 @@ def _history(settings: Settings, conn: redis.Redis, keys: KeySpace) -> AttemptHi
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A Redis client for the store, the DLQ and the limiter (one pool per process)."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        # A cap, not a reservation: connections open as threads need them.
-        # redis-py's default of 100 would fail a worker run at -c 100 and up.
-        max_connections=STORE_MAX_CONNECTIONS,
-        # The store's retry policy: after a dropped connection, reconnect and
-        # repeat the command a few times within about a second. Every script
-        # here is safe to repeat (owner-keyed, see tasks.idempotency); a store
-        # that stays away longer fails the call and the delivery routes it.
-        retry=Retry(ExponentialBackoff(cap=STORE_RETRY_CAP_S, base=0.05), STORE_RETRIES),
-    )
+    return store_client(settings)
 
-
-#: Reconnect-and-repeat budget of one store command (about 1 s of waiting).
-STORE_RETRIES = 4
-STORE_RETRY_CAP_S = 0.5
-#: Most connections to the store per process (one per thread at work, plus the
-#: worker's own: reconciler, breaker watch, metrics).
-STORE_MAX_CONNECTIONS = 1024
 
 _lock = threading.Lock()
 _producer_ledgers: dict[tuple[int, str, str], PendingLedger] = {}

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 from config.keys import KeySpace
 from config.settings import Settings
 from tasks.breaker import CircuitBreaker
+from tasks.connections import broker_redis_client, store_client
 from tasks.dlq import REASONS as DEAD_LETTER_REASONS
 from tasks.errors import ClixError
 
@@ -325,12 +326,7 @@ class RedisStateCollector(Collector):
         The breaker is left out when ``CLIX_PROJECT_ID`` is unset.
         """
 
-        def client(url: str) -> redis.Redis:
-            return redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-            )
-
-        conn = client(settings.redis_url)
+        conn = store_client(settings, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=False)
         keys = KeySpace(settings.clix_key_prefix)
         breaker = None
         if settings.clix_project_id:
@@ -339,7 +335,11 @@ class RedisStateCollector(Collector):
         scheme = broker.split("://", 1)[0].lower()
         probe: QueueProbe
         if scheme in ("redis", "rediss", "unix"):
-            broker_conn = conn if broker == settings.redis_url else client(broker)
+            broker_conn = (
+                conn
+                if broker == settings.redis_url
+                else broker_redis_client(settings, timeout_s=timeout_s)
+            )
             probe = redis_queue_probe(broker_conn, settings.clix_queue)
         else:
             probe = kombu_queue_probe(broker, settings.clix_queue, timeout_s=timeout_s)

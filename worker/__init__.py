@@ -17,11 +17,11 @@ import logging
 import sys
 from typing import Any
 
-import redis
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from config.settings import ConfigurationError, get_settings
+from config.settings import ConfigurationError, Settings, get_settings
+from tasks.connections import store_client
 
 try:
     import tasks  # noqa: F401 - registers trigger_campaign on the app
@@ -64,14 +64,14 @@ class StartupCheck(bootsteps.Step):  # type: ignore[misc]
             raise SystemExit(EX_CONFIG) from None
         if settings.clix_plans:
             logger.info("loaded %d trigger plan(s) from CLIX_PLANS", len(plans))
-        warn_about_redis(settings.redis_url)
+        warn_about_redis(settings)
         super().__init__(parent, **kwargs)
 
 
-def warn_about_redis(url: str) -> None:
+def warn_about_redis(settings: Settings) -> None:
     """Log a warning when the store's Redis may lose data (no AOF, or eviction on)."""
     try:
-        conn = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        conn = store_client(settings, decode_responses=True, retry=False)
         config = conn.config_get("appendonly")
         config.update(conn.config_get("maxmemory-policy"))
         conn.close()

@@ -18,7 +18,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
@@ -26,6 +25,7 @@ from config.celery_app import app
 from config.keys import KeySpace
 from config.settings import Settings, get_settings
 from tasks import context
+from tasks.connections import broker_redis_client
 from tasks.errors import InvalidTrigger
 from tasks.pending import PendingLedger
 from tasks.reconciler import AmqpBrokerView, BrokerView, Reconciler, RedisBrokerView
@@ -39,7 +39,7 @@ logger = logging.getLogger("clix.reconciler")
 def broker_view(settings: Settings) -> BrokerView:
     """How the reconciler looks into the configured broker."""
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisBrokerView(redis.Redis.from_url(settings.broker_url, socket_timeout=10))
+        return RedisBrokerView(broker_redis_client(settings))
 
     def message_count(queue: str) -> int:
         with app.connection_for_write() as conn:

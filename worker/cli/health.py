@@ -42,6 +42,7 @@ def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
     import redis as redis_lib
 
     from config.celery_app import app
+    from tasks.connections import store_client
 
     results: dict[str, str] = {}
     try:
@@ -60,9 +61,7 @@ def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
         except ConfigurationError as exc:
             results["credentials"] = f"FAILED: {exc}"
     try:
-        conn = redis_lib.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-        )
+        conn = store_client(settings, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=False)
         conn.ping()
         results["redis"] = "ok"
     except (redis_lib.RedisError, OSError) as exc:

@@ -1,0 +1,76 @@
+"""Connections to Redis: the one place that turns settings into Redis clients.
+
+Every Redis client of the system is made here: the store's (ledger, DLQ,
+limiter, breaker, pending records), the short-lived ones of checks and
+metrics, and the reconciler's view into a Redis broker. What kind of Redis is
+behind a URL (TLS, an ACL user, and later Sentinel or Cluster) is decided
+here and nowhere else, so every caller gets the same treatment.
+
+The store's retry policy lives here too: after a dropped connection a command
+is repeated on a fresh connection a few times within about a second. Every
+script the store runs is safe to repeat (owner-keyed, see
+:mod:`tasks.idempotency`); a store that stays away longer fails the call and
+the delivery routes the error (:mod:`tasks.errors`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from config.settings import Settings
+
+__all__ = [
+    "STORE_MAX_CONNECTIONS",
+    "STORE_RETRIES",
+    "STORE_RETRY_CAP_S",
+    "broker_redis_client",
+    "store_client",
+]
+
+#: Reconnect-and-repeat budget of one store command (about 1 s of waiting).
+STORE_RETRIES = 4
+STORE_RETRY_CAP_S = 0.5
+#: Most connections to the store per process (one per thread at work, plus the
+#: worker's own: reconciler, breaker watch, metrics). A cap, not a reservation:
+#: connections open as threads need them; redis-py's default of 100 would fail
+#: a worker run at -c 100 and up.
+STORE_MAX_CONNECTIONS = 1024
+
+
+def _client(url: str, **options: Any) -> redis.Redis:
+    return redis.Redis.from_url(url, **options)
+
+
+def store_client(
+    settings: Settings,
+    *,
+    timeout_s: float = 10.0,
+    connect_timeout_s: float = 5.0,
+    decode_responses: bool = False,
+    retry: bool = True,
+) -> redis.Redis:
+    """A client of the store (``REDIS_URL``): one pool, shared by the threads of a process.
+
+    ``retry=False`` for one-shot checks that should report a failure at once.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        "health_check_interval": 30,
+        "max_connections": STORE_MAX_CONNECTIONS,
+        "decode_responses": decode_responses,
+    }
+    if retry:
+        options["retry"] = Retry(
+            ExponentialBackoff(cap=STORE_RETRY_CAP_S, base=0.05), STORE_RETRIES
+        )
+    return _client(settings.redis_url, **options)
+
+
+def broker_redis_client(settings: Settings, *, timeout_s: float = 10.0) -> redis.Redis:
+    """A client of a Redis broker (``CELERY_BROKER_URL``), for reading its queues."""
+    return _client(settings.broker_url, socket_timeout=timeout_s, socket_connect_timeout=5.0)
