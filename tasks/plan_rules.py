@@ -20,8 +20,8 @@ would silently switch a check off. Annotations are allowed: ``description``
 and ``$comment`` in every object of the plan, ``$schema``, ``name``,
 ``title``, ``owner``, ``version`` and ``notes`` at the top, and any key
 starting with ``x-``. An ``example`` of ``null`` counts as no example (as
-Clix's own plan validator reads it). :func:`validate_plan_file` reads a file
-first (bad UTF-8, bad JSON and ``NaN`` are problems at ``$``).
+Clix's own plan validator reads it). :func:`tasks.plan_file.validate_plan_file`
+reads a file first (bad UTF-8, bad JSON and ``NaN`` are problems at ``$``).
 
 Loaded plans and the checking of triggers against them are in
 :mod:`tasks.plans`, which shares the helpers at the end of this module
@@ -32,7 +32,6 @@ Loaded plans and the checking of triggers against them are in
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -60,7 +59,6 @@ __all__ = [
     "Problem",
     "PropertySpec",
     "validate_plan_data",
-    "validate_plan_file",
 ]
 
 PLAN_TYPES: Final = ("string", "number", "boolean", "datetime")
@@ -133,44 +131,6 @@ def validate_plan_data(data: object) -> list[Problem]:
     _check_dynamic_filter_keys(data, declared, problems)
     _unknown_keys(data, "$", _TOP_KEYS, _TOP_NOTES, problems)
     return problems
-
-
-def validate_plan_file(path: Path) -> list[Problem]:
-    """Validate one plan file; bad JSON is one problem at ``$``. Raises ``OSError``."""
-    data, problems = _read(path)
-    return problems or validate_plan_data(data)
-
-
-def _read(path: Path) -> tuple[object, list[Problem]]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return None, [Problem("$", f"not UTF-8 text (byte {exc.start})")]
-    try:
-        return json.loads(text, object_pairs_hook=_JSONObject.of, parse_constant=_no_nan), []
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        return None, [Problem("$", f"not valid JSON: {exc.msg} at {where}")]
-    except ValueError as exc:
-        return None, [Problem("$", f"not valid JSON: {exc}")]
-
-
-class _JSONObject(dict[str, Any]):
-    """A parsed JSON object that remembers the keys it was given more than once."""
-
-    duplicates: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = cls(pairs)
-        names = [name for name, _ in pairs]
-        obj.duplicates = tuple(dict.fromkeys(n for i, n in enumerate(names) if n in names[:i]))
-        return obj
-
-
-def _no_nan(constant: str) -> object:
-    raise ValueError(f"{constant} is not a JSON number")
 
 
 def _duplicate_keys(value: object, path: str, problems: list[Problem]) -> None:

@@ -21,11 +21,11 @@ from typing import Any
 
 from tasks.errors import InvalidTrigger
 from tasks.pii import pii_like_keys, redact
+from tasks.plan_file import read_plan_json
 from tasks.plan_rules import (
     PLAN_FILE_SUFFIX,
     PlanError,
     PropertySpec,
-    _read,
     validate_plan_data,
 )
 from tasks.plan_values import json_path, kind_of, matches_type, snake_case, type_mismatch
@@ -79,7 +79,7 @@ class TriggerPlan:
     @classmethod
     def from_file(cls, path: Path) -> TriggerPlan:
         """Read and parse a plan file; raises ``OSError`` or :class:`PlanError`."""
-        data, problems = _read(path)
+        data, problems = read_plan_json(path)
         if problems:
             message = f"invalid trigger plan {path}: " + "; ".join(map(str, problems))
             raise PlanError(message, problems, path)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tasks.plan_rules import validate_plan_data, validate_plan_file
+from tasks.plan_file import validate_plan_file
+from tasks.plan_rules import validate_plan_data
 from tests.unit.plan_samples import (
     FIXTURES,
     SAMPLE_DIR,

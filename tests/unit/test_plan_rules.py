@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.plan_rules import Problem, validate_plan_data, validate_plan_file
+from tasks.plan_file import validate_plan_file
+from tasks.plan_rules import Problem, validate_plan_data
 from tests.unit.plan_samples import FIXTURES, plan_data
 
 # --- valid plans --------------------------------------------------------------------------

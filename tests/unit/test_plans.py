@@ -11,7 +11,8 @@ import pytest
 
 from config.settings import ConfigurationError
 from tasks.pii import REDACTED
-from tasks.plan_rules import PlanError, validate_plan_file
+from tasks.plan_file import validate_plan_file
+from tasks.plan_rules import PlanError
 from tasks.plans import PlanRegistry, TriggerPlan, discover_plan_files
 from tests.unit.plan_samples import (
     FIXTURES,

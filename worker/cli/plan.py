@@ -48,7 +48,8 @@ def plan() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def validate(paths: tuple[Path, ...], as_json: bool) -> None:
     """Validate plan files, or the plans found in folders."""
-    from tasks.plan_rules import PLAN_FILE_SUFFIX, Problem, validate_plan_file
+    from tasks.plan_file import validate_plan_file
+    from tasks.plan_rules import PLAN_FILE_SUFFIX, Problem
     from tasks.plans import discover_plan_files
 
     usage_error = False
