@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import redis
 
+from config.connections import store_client
 from config.keys import KeySpace
 from config.settings import Settings, get_settings
 from tasks.breaker import CircuitBreaker
 from tasks.client import ClixClient
-from tasks.connections import store_client
 from tasks.dlq import DeadLetterQueue
 from tasks.history import AttemptHistory
 from tasks.idempotency import IdempotencyStore

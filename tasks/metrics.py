@@ -40,10 +40,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from config.connections import broker_redis_client, store_client
 from config.keys import KeySpace
 from config.settings import Settings
 from tasks.breaker import CircuitBreaker
-from tasks.connections import broker_redis_client, store_client
 from tasks.dlq import REASONS as DEAD_LETTER_REASONS
 from tasks.errors import ClixError
 

@@ -20,8 +20,8 @@ from typing import Any
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from config.connections import store_client
 from config.settings import ConfigurationError, Settings, get_settings
-from tasks.connections import store_client
 
 try:
     import tasks  # noqa: F401 - registers trigger_campaign on the app

@@ -22,10 +22,10 @@ from kombu.connection import Connection
 from kombu.messaging import Producer
 
 from config.celery_app import app
+from config.connections import broker_redis_client
 from config.keys import KeySpace
 from config.settings import Settings, get_settings
 from tasks import context
-from tasks.connections import broker_redis_client
 from tasks.errors import InvalidTrigger
 from tasks.pending import PendingLedger
 from tasks.reconciler import AmqpBrokerView, BrokerView, Reconciler, RedisBrokerView

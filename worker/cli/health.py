@@ -42,7 +42,7 @@ def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
     import redis as redis_lib
 
     from config.celery_app import app
-    from tasks.connections import store_client
+    from config.connections import store_client
 
     results: dict[str, str] = {}
     try:
