@@ -31,6 +31,9 @@ Delivery settings and why:
   100 s), which is what keeps recovery under 120 s.
 * ``result_extended`` stays off and ``task_send_sent_event`` carries only our
   redacted ``kwargsrepr``: payloads never reach the result backend or Flower.
+* ``rediss://`` broker or store: ``broker_use_ssl`` / ``redis_backend_use_ssl``
+  carry the ``CLIX_REDIS_TLS_*`` settings, certificate verified by default
+  (see :mod:`config.redis_tls`; kombu would otherwise verify nothing).
 * RabbitMQ quorum queue: an explicit ``x-delivery-limit`` and a dead-letter
   route, so a message RabbitMQ stops redelivering is parked, never dropped
   (see :func:`amqp_queue_arguments`; the worker drains the parking queue into
@@ -45,6 +48,7 @@ from typing import Any
 
 from celery import Celery
 
+from config.redis_tls import tls_options
 from config.settings import DEFAULT_CONCURRENCY, ConfigurationError, Settings, get_settings
 
 __all__ = [
@@ -133,6 +137,14 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
         # application that configures its own app (or a test) is consistent.
         "clix_settings": settings,
     }
+    # rediss://: the same TLS options as the store's clients (config.redis_tls);
+    # kombu alone would connect without checking the certificate
+    broker_tls = tls_options(settings, settings.broker_url)
+    if broker_tls:
+        config["broker_use_ssl"] = broker_tls
+    backend_tls = tls_options(settings, settings.redis_url)
+    if backend_tls:
+        config["redis_backend_use_ssl"] = backend_tls
     if not pool_on_command_line(sys.argv if argv is None else argv):
         # the pool and its size go together: `-P prefork` alone must not fork 64
         config["worker_pool"] = DEFAULT_WORKER_POOL

@@ -6,6 +6,13 @@ metrics, and the reconciler's view into a Redis broker. What kind of Redis is
 behind a URL (TLS, an ACL user, and later Sentinel or Cluster) is decided
 here and nowhere else, so every caller gets the same treatment.
 
+TLS: a ``rediss://`` URL gets the ``CLIX_REDIS_TLS_*`` options of
+:func:`config.redis_tls.tls_options` (the same ones Celery's broker and result
+backend get), certificate and host name verified unless
+``CLIX_REDIS_TLS_VERIFY=false``. ACL users come with the URL
+(``rediss://user:password@host:port/db``); the commands they need are
+:data:`config.redis_acl.WORKER_COMMANDS`.
+
 The store's retry policy lives here too: after a dropped connection a command
 is repeated on a fresh connection a few times within about a second. Every
 script the store runs is safe to repeat (owner-keyed, see
@@ -21,6 +28,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from config.redis_tls import tls_options
 from config.settings import Settings
 
 __all__ = [
@@ -41,8 +49,8 @@ STORE_RETRY_CAP_S = 0.5
 STORE_MAX_CONNECTIONS = 1024
 
 
-def _client(url: str, **options: Any) -> redis.Redis:
-    return redis.Redis.from_url(url, **options)
+def _client(settings: Settings, url: str, **options: Any) -> redis.Redis:
+    return redis.Redis.from_url(url, **tls_options(settings, url), **options)
 
 
 def store_client(
@@ -68,9 +76,11 @@ def store_client(
         options["retry"] = Retry(
             ExponentialBackoff(cap=STORE_RETRY_CAP_S, base=0.05), STORE_RETRIES
         )
-    return _client(settings.redis_url, **options)
+    return _client(settings, settings.redis_url, **options)
 
 
 def broker_redis_client(settings: Settings, *, timeout_s: float = 10.0) -> redis.Redis:
     """A client of a Redis broker (``CELERY_BROKER_URL``), for reading its queues."""
-    return _client(settings.broker_url, socket_timeout=timeout_s, socket_connect_timeout=5.0)
+    return _client(
+        settings, settings.broker_url, socket_timeout=timeout_s, socket_connect_timeout=5.0
+    )

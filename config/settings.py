@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.redis_tls import tls_problems
+
 __all__ = ["ConfigurationError", "Settings", "get_settings"]
 
 DEFAULT_BASE_URL = "https://api.clix.so"
@@ -76,6 +78,23 @@ class Settings(BaseSettings):
     clix_base_url: str = Field(DEFAULT_BASE_URL, description="Clix API base URL.")
     redis_url: str = Field(DEFAULT_REDIS_URL, description="Idempotency store, DLQ, limiter.")
     celery_broker_url: str | None = Field(None, description="Broker; defaults to REDIS_URL.")
+    clix_redis_tls_ca_file: str | None = Field(
+        None,
+        description="rediss://: PEM CA bundle for the servers' certificates (default: system).",
+    )
+    clix_redis_tls_cert_file: str | None = Field(
+        None, description="rediss://: client certificate (PEM), for servers that require one."
+    )
+    clix_redis_tls_key_file: str | None = Field(
+        None, description="rediss://: the client certificate's private key (PEM)."
+    )
+    clix_redis_tls_verify: bool = Field(
+        True,
+        description=(
+            "rediss://: verify the server's certificate and host name; false only for a "
+            "throwaway test server (anyone on the path could then read the password)."
+        ),
+    )
     clix_plans: str | None = Field(None, description="Trigger plan files or folders.")
     clix_plans_strict: bool = Field(
         False, description="Properties a plan does not declare are errors, not warnings."
@@ -234,7 +253,12 @@ class Settings(BaseSettings):
     def _blank_port_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("clix_project_id")
+    @field_validator(
+        "clix_project_id",
+        "clix_redis_tls_ca_file",
+        "clix_redis_tls_cert_file",
+        "clix_redis_tls_key_file",
+    )
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value or None
@@ -284,6 +308,7 @@ class Settings(BaseSettings):
                 f"horizon ({self.retry_horizon_s:g} s: every delivery of a key, each up to the "
                 "visibility timeout), or a late copy of a trigger sends again"
             )
+        problems.extend(tls_problems(self))
         return problems
 
     # --- derived values ------------------------------------------------------

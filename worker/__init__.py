@@ -30,6 +30,7 @@ try:
     from worker import logs as _logs  # noqa: F401 - formats the handlers Celery sets up
     from worker.consumption import BreakerConsumption
     from worker.metrics import MetricsServer
+    from worker.readiness import eviction_finding, persistence_finding
     from worker.reconciliation import Reconciliation
     from worker.scheduling import Scheduling
 except ConfigurationError as _exc:
@@ -69,30 +70,23 @@ class StartupCheck(bootsteps.Step):  # type: ignore[misc]
 
 
 def warn_about_redis(settings: Settings) -> None:
-    """Log a warning when the store's Redis may lose data (no AOF, or eviction on)."""
+    """Log a warning when the store's Redis may lose data (no persistence, or eviction on).
+
+    The same findings as ``clix-worker check`` (:mod:`worker.readiness`), which
+    refuses such a store; a worker only warns, so a development Redis still runs.
+    """
     try:
         conn = store_client(settings, decode_responses=True, retry=False)
-        config = conn.config_get("appendonly")
-        config.update(conn.config_get("maxmemory-policy"))
+        findings = [persistence_finding(conn), eviction_finding(conn)]
         conn.close()
-    except Exception as exc:  # noqa: BLE001 - CONFIG may be disabled on managed Redis
-        logger.info(
-            "could not read the Redis configuration (%s); skipping the persistence check",
-            type(exc).__name__,
-        )
+    except Exception as exc:  # noqa: BLE001 - the worker starts anyway; check names it
+        logger.info("could not read the Redis configuration (%s)", type(exc).__name__)
         return
-    if config.get("appendonly") != "yes":
-        logger.warning(
-            "Redis runs without appendonly: a restart forgets the dedupe ledger, the DLQ and "
-            "(on a Redis broker) queued triggers; set `appendonly yes`"
-        )
-    policy = config.get("maxmemory-policy")
-    if policy not in (None, "noeviction"):
-        logger.warning(
-            "Redis maxmemory-policy is %s: under memory pressure it evicts ledger keys and "
-            "queued triggers; set `maxmemory-policy noeviction`",
-            policy,
-        )
+    for finding in findings:
+        if not finding.ok:
+            logger.warning("%s: %s", finding.name, finding.detail)
+        elif not finding.verified:
+            logger.info("%s: %s", finding.name, finding.detail)
 
 
 app.steps["worker"].add(StartupCheck)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -79,8 +80,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
-            "--port",
-            str(self.port),
+            *self._listen_args(),
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -100,7 +100,7 @@ class RedisServer:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
         )
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = self.client(socket_connect_timeout=0.5)
         try:
             while True:
                 try:
@@ -120,6 +120,14 @@ class RedisServer:
                     time.sleep(0.05)
         finally:
             client.close()
+
+    def _listen_args(self) -> list[str]:
+        """How the server listens and who may connect (a test server may use TLS and ACLs)."""
+        return ["--port", str(self.port)]
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A client of this server with every right (the start-up probe's, a test's view)."""
+        return redis.Redis(port=self.port, **options)
 
     @staticmethod
     def _answering_pid(client: redis.Redis) -> int:

@@ -12,6 +12,7 @@ import pytest
 from tasks import enqueue_trigger
 from tests.integration.conftest import Fleet
 from tests.integration.processes import cli, cli_json
+from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -61,19 +62,50 @@ def test_producer_and_inspection_commands_need_no_credentials(fleet: Fleet, camp
     assert cli(env, "dlq", "list", "--json").returncode == 0
 
 
-def test_check_passes_only_when_settings_redis_and_broker_are_all_fine(fleet: Fleet) -> None:
-    ok = cli(fleet.env, "check", "--json")
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert json.loads(ok.stdout) == {
-        "settings": "ok",
-        "credentials": "ok",
-        "redis": "ok",
-        "broker": "ok",
-    }
+def _findings(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
+    return {f["name"]: f for f in json.loads(done.stdout)["findings"]}
+
+
+def test_check_passes_only_when_settings_redis_and_broker_are_all_fine(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    with RedisServer(directory=tmp_path / "durable") as durable:  # AOF on, noeviction
+        env = {**fleet.env, "REDIS_URL": durable.url}
+        ok = cli(env, "check", "--json")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert json.loads(ok.stdout)["ok"] is True
+        assert {name: f["ok"] for name, f in _findings(ok).items()} == {
+            "settings": True,
+            "credentials": True,
+            "redis": True,
+            "redis_tls": True,
+            "redis_user": True,
+            "redis_persistence": True,
+            "redis_eviction": True,
+            "broker": True,
+        }
+        no_key = {k: v for k, v in env.items() if k != "CLIX_API_KEY"}
+        assert cli(no_key, "check").returncode == 1
+        assert cli(no_key, "check", "--no-worker").returncode == 0
     dead = {**fleet.env, "REDIS_URL": "redis://127.0.0.1:1/0", "CELERY_BROKER_URL": ""}
     down = cli(dead, "check", "--json", "--timeout", "1")
     assert down.returncode == 1
-    assert json.loads(down.stdout)["redis"].startswith("FAILED")
-    no_key = {k: v for k, v in fleet.env.items() if k != "CLIX_API_KEY"}
-    assert cli(no_key, "check").returncode == 1
-    assert cli(no_key, "check", "--no-worker").returncode == 0
+    assert _findings(down)["redis"]["ok"] is False
+
+
+def test_check_refuses_a_store_without_persistence_or_with_eviction(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    volatile = cli(fleet.env, "check", "--json")  # the session's Redis: no AOF, no RDB
+    assert volatile.returncode == 1
+    assert _findings(volatile)["redis_persistence"]["ok"] is False
+    assert "appendonly" in str(_findings(volatile)["redis_persistence"]["detail"])
+    assert "redis_persistence  FAILED" in cli(fleet.env, "check").stdout
+
+    with RedisServer(directory=tmp_path / "evicting") as evicting:
+        evicting.client().config_set("maxmemory-policy", "allkeys-lru")
+        done = cli({**fleet.env, "REDIS_URL": evicting.url}, "check", "--json")
+    assert done.returncode == 1
+    assert _findings(done)["redis_eviction"]["ok"] is False
+    assert "allkeys-lru" in str(_findings(done)["redis_eviction"]["detail"])
+    assert _findings(done)["redis_persistence"]["ok"] is True

@@ -8,7 +8,8 @@ module                      verbs
 :mod:`worker.cli.enqueue`   ``enqueue``
 :mod:`worker.cli.status`    ``status``
 :mod:`worker.cli.cancel`    ``cancel``
-:mod:`worker.cli.health`    ``check``, ``health``
+:mod:`worker.cli.check`     ``check``
+:mod:`worker.cli.health`    ``health``
 :mod:`worker.cli.dlq`       ``dlq list / show / stats / replay / purge``
 :mod:`worker.cli.plan`      ``plan validate / init``
 :mod:`worker.cli.processes` ``sandbox``, ``metrics``, ``up``
@@ -43,9 +44,10 @@ def cli() -> None:
 
 def _register_commands() -> None:
     from worker.cli.cancel import cancel
+    from worker.cli.check import check
     from worker.cli.dlq import dlq
     from worker.cli.enqueue import enqueue
-    from worker.cli.health import check, health
+    from worker.cli.health import health
     from worker.cli.plan import plan
     from worker.cli.processes import metrics, sandbox, up
     from worker.cli.status import status

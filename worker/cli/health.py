@@ -1,4 +1,4 @@
-"""``clix-worker check`` (ready to run?) and ``health`` (breaker, rate limit, DLQ depth)."""
+"""``clix-worker health``: breaker, rate limit, DLQ depth (``check`` is :mod:`worker.cli.check`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import sys
 import click
 
 from config.keys import KeySpace
-from config.settings import ConfigurationError, get_settings
 from worker.cli.console import (
     RET_FAILED,
     RET_OK,
@@ -18,63 +17,7 @@ from worker.cli.console import (
     load_settings,
 )
 
-__all__ = ["check", "health"]
-
-
-@click.command()
-@click.option(
-    "--worker/--no-worker",
-    "for_worker",
-    default=True,
-    show_default=True,
-    help="Also require what a sending worker needs (credentials, plans).",
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=5.0,
-    show_default=True,
-    help="Seconds to wait for Redis and the broker.",
-)
-@click.option("--json", "as_json", is_flag=True)
-def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
-    """Readiness: settings valid, Redis and the broker answer; exit 0 only if all pass."""
-    import redis as redis_lib
-
-    from config.celery_app import app
-    from config.connections import store_client
-
-    results: dict[str, str] = {}
-    try:
-        settings = get_settings()
-        results["settings"] = "ok"
-    except ConfigurationError as exc:
-        emit({"settings": str(exc)}, as_json, f"settings  FAILED: {exc}")
-        sys.exit(RET_FAILED)
-    if for_worker:
-        try:
-            from tasks.context import plan_registry
-
-            settings.require_credentials()
-            plan_registry(settings.clix_plans)
-            results["credentials"] = "ok"
-        except ConfigurationError as exc:
-            results["credentials"] = f"FAILED: {exc}"
-    try:
-        conn = store_client(settings, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=False)
-        conn.ping()
-        results["redis"] = "ok"
-    except (redis_lib.RedisError, OSError) as exc:
-        results["redis"] = f"FAILED: {type(exc).__name__}: {exc}"
-    try:
-        with app.connection_for_write() as conn_w:
-            conn_w.ensure_connection(max_retries=1, timeout=timeout_s)
-        results["broker"] = "ok"
-    except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
-        results["broker"] = f"FAILED: {type(exc).__name__}: {exc}"
-    human = "\n".join(f"{name:<12} {value}" for name, value in results.items())
-    emit(results, as_json, human)
-    sys.exit(RET_OK if all(v == "ok" for v in results.values()) else RET_FAILED)
+__all__ = ["health"]
 
 
 @click.command()

@@ -1,0 +1,199 @@
+"""The core scenarios on a production-like Redis: TLS only, client certificates, an ACL user.
+
+The store, the Redis broker and Celery's result backend all live on one
+``redis-server`` that has no plain-text port, requires a client certificate
+signed by a CA made for this module, has its ``default`` user switched off and
+lets the worker in as ``clix``, whose rights are exactly
+:data:`config.redis_acl.WORKER_COMMANDS` (the list the README tells operators
+to grant). Real ``celery -A worker worker`` processes deliver to the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pytest
+import redis
+
+from config.redis_acl import acl_rules
+from tests.integration.conftest import Fleet, make_fleet
+from tests.integration.processes import SandboxProcess, cli, cli_json, wait_until
+from tests.integration.tls_redis import (
+    AclUser,
+    ThrowawayCA,
+    TlsRedisServer,
+    start_or_skip,
+    tls_redis_or_skip,
+)
+
+pytestmark = pytest.mark.integration
+
+WORKER_USER = "clix"
+
+
+@dataclass
+class TlsFleet(Fleet):
+    """A fleet whose own look at Redis goes through the server's admin user over TLS."""
+
+    server: TlsRedisServer | None = None
+
+    def redis(self) -> redis.Redis:
+        assert self.server is not None
+        return self.server.client()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
+    """The CA of this module's Redis (made fresh, thrown away with the temp dir)."""
+    tls_redis_or_skip()
+    return ThrowawayCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    ca: ThrowawayCA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TlsRedisServer]:
+    """TLS-only Redis with AOF on, the worker's ACL user and an admin."""
+    server = TlsRedisServer(
+        ca,
+        ca.issue("server"),
+        (AclUser(WORKER_USER, acl_rules()),),
+        binary=tls_redis_or_skip(),
+        directory=tmp_path_factory.mktemp("tls-redis"),
+    )
+    start_or_skip(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_fleet(
+    tls_server: TlsRedisServer, sandbox: SandboxProcess, api_key: str, workdir: Path
+) -> Iterator[Callable[..., TlsFleet]]:
+    """Fleets with store and broker on the TLS server as ``clix`` (recovery tuned for SIGKILL)."""
+    made: list[TlsFleet] = []
+
+    def build(clix: SandboxProcess | None = None) -> TlsFleet:
+        base = make_fleet(
+            tls_server.url_for(WORKER_USER),
+            clix or sandbox,
+            api_key,
+            workdir,
+            CLIX_VISIBILITY_TIMEOUT_S="10",
+            CLIX_UNACKED_RESTORE_INTERVAL_S="1",
+            **tls_server.tls_env(),
+        )
+        fleet = TlsFleet(
+            **{f.name: getattr(base, f.name) for f in fields(Fleet)}, server=tls_server
+        )
+        made.append(fleet)
+        return fleet
+
+    yield build
+    for fleet in made:
+        fleet.stop()
+
+
+def _denied(server: TlsRedisServer) -> list[str]:
+    """What the server refused the worker's user (``ACL LOG``), but CLIENT SETINFO.
+
+    redis-py sends CLIENT SETINFO on connecting to Redis 7.2+ and ignores a
+    refusal: it is deliberately not in the list.
+    """
+    entries = server.client(decode_responses=True).acl_log()
+    return [
+        f"{e['reason']} {e['object']}"
+        for e in entries
+        if e["username"] == WORKER_USER and e["object"] != "client|setinfo"
+    ]
+
+
+def _password(server: TlsRedisServer) -> str:
+    return server.users[WORKER_USER].password
+
+
+def _accepted(sandbox: SandboxProcess, campaign: str) -> Counter[str]:
+    return Counter(
+        r["body"]["properties"]["key"] for r in sandbox.requests(campaign) if r["status"] == 200
+    )
+
+
+def test_delivers_once_dedupes_retries_and_dead_letters_over_tls_with_an_acl_user(
+    tls_fleet: Callable[..., TlsFleet],
+    tls_server: TlsRedisServer,
+    sandbox: SandboxProcess,
+    campaign: str,
+) -> None:
+    fleet = tls_fleet()
+    worker = fleet.start_worker(concurrency=2)
+    producer = fleet.producer()
+
+    first = producer.send_task(
+        "trigger_campaign", kwargs={"campaign_id": campaign, "idempotency_key": "once"}
+    )
+    assert first.get(timeout=30)["deduplicated"] is False  # result backend over TLS too
+    again = producer.send_task(
+        "trigger_campaign", kwargs={"campaign_id": campaign, "idempotency_key": "once"}
+    )
+    assert again.get(timeout=30)["deduplicated"] is True
+    assert len(sandbox.requests(campaign)) == 1
+
+    retried = f"{campaign}-retry"
+    sandbox.script(retried, {"status": 503}, {"status": 200})
+    assert cli(fleet.env, "enqueue", retried, "r").returncode == 0
+    wait_until(lambda: cli_json(fleet.env, "status", retried, "r")["state"] == "done", 30, "retry")
+    assert [r["status"] for r in sandbox.requests(retried)] == [503, 200]
+
+    rejected = f"{campaign}-rejected"
+    sandbox.script(rejected, {"status": 400, "body": {"error": "not API-triggered"}})
+    assert cli(fleet.env, "enqueue", rejected, "bad").returncode == 0
+    wait_until(lambda: cli_json(fleet.env, "dlq", "list"), 30, "the DLQ entry")
+    [entry] = cli_json(fleet.env, "dlq", "list")
+    assert (entry["campaign_id"], entry["reason"], entry["status_code"]) == (
+        rejected,
+        "rejected",
+        400,
+    )
+    assert len(sandbox.requests(rejected)) == 1
+
+    assert _denied(tls_server) == []
+    assert _password(tls_server) not in worker.log()
+
+
+def test_sigkilled_workers_lose_nothing_over_tls(
+    tls_fleet: Callable[..., TlsFleet],
+    tls_server: TlsRedisServer,
+    own_sandbox: Callable[..., SandboxProcess],
+    campaign: str,
+    tmp_path: Path,
+) -> None:
+    # 20 ms per answer: the drain takes a few seconds, so the kill lands in its middle
+    sandbox = own_sandbox("--latency-ms", "20")
+    fleet = tls_fleet(sandbox)
+    keys = [f"k{i}" for i in range(200)]
+    batch = tmp_path / "t.jsonl"
+    batch.write_text(
+        "".join(
+            json.dumps({"campaign_id": campaign, "idempotency_key": k, "properties": {"key": k}})
+            + "\n"
+            for k in keys
+        )
+    )
+    assert cli(fleet.env, "enqueue", "--file", str(batch)).returncode == 0
+    doomed = fleet.start_worker(concurrency=2)
+    wait_until(lambda: len(_accepted(sandbox, campaign)) >= 20, 60, "the drain to start")
+    doomed.kill()
+    assert len(_accepted(sandbox, campaign)) < len(keys), "drained before the kill"
+    fleet.start_worker(concurrency=2)
+    wait_until(
+        lambda: set(_accepted(sandbox, campaign)) >= set(keys), 120, "every trigger", every_s=1
+    )
+    doubled = sum(n - 1 for n in _accepted(sandbox, campaign).values())
+    ambiguous = int(fleet.redis().hget(fleet.keys.stats, "ambiguous_duplicates") or 0)
+    assert doubled <= ambiguous
+    assert fleet.dlq.entries() == []
+    assert _denied(tls_server) == []
