@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
 
+from config.celery_app import celery_config
 from config.redis_acl import acl_rules
+from tasks.connections import store_client
 from tests.integration.conftest import Fleet, make_fleet
-from tests.integration.processes import SandboxProcess, cli, cli_json, wait_until
+from tests.integration.processes import SandboxProcess, clean_env, cli, cli_json, wait_until
 from tests.integration.tls_redis import (
     AclUser,
     ThrowawayCA,
@@ -29,6 +33,7 @@ from tests.integration.tls_redis import (
     start_or_skip,
     tls_redis_or_skip,
 )
+from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -142,17 +147,16 @@ def test_delivers_once_dedupes_retries_and_dead_letters_over_tls_with_an_acl_use
     assert again.get(timeout=30)["deduplicated"] is True
     assert len(sandbox.requests(campaign)) == 1
 
-    retried = f"{campaign}-retry"
+    retried, rejected = f"{campaign}-retry", f"{campaign}-rejected"
     sandbox.script(retried, {"status": 503}, {"status": 200})
-    assert cli(fleet.env, "enqueue", retried, "r").returncode == 0
-    wait_until(lambda: cli_json(fleet.env, "status", retried, "r")["state"] == "done", 30, "retry")
-    assert [r["status"] for r in sandbox.requests(retried)] == [503, 200]
-
-    rejected = f"{campaign}-rejected"
     sandbox.script(rejected, {"status": 400, "body": {"error": "not API-triggered"}})
-    assert cli(fleet.env, "enqueue", rejected, "bad").returncode == 0
-    wait_until(lambda: cli_json(fleet.env, "dlq", "list"), 30, "the DLQ entry")
-    [entry] = cli_json(fleet.env, "dlq", "list")
+    fleet.send(campaign_id=rejected, idempotency_key="bad")
+    assert producer.send_task(
+        "trigger_campaign", kwargs={"campaign_id": retried, "idempotency_key": "r"}
+    ).get(timeout=30)["trigger_id"]
+    assert [r["status"] for r in sandbox.requests(retried)] == [503, 200]
+    wait_until(lambda: fleet.dlq.entries(), 30, "the DLQ entry")
+    [entry] = cli_json(fleet.env, "dlq", "list")  # the CLI reads the DLQ over TLS as clix
     assert (entry["campaign_id"], entry["reason"], entry["status_code"]) == (
         rejected,
         "rejected",
@@ -197,3 +201,81 @@ def test_sigkilled_workers_lose_nothing_over_tls(
     assert doubled <= ambiguous
     assert fleet.dlq.entries() == []
     assert _denied(tls_server) == []
+
+
+def _check(env: dict[str, str]) -> tuple[int, dict[str, dict[str, object]], str]:
+    done = cli(env, "check", "--json", "--no-worker", "--timeout", "3")
+    findings = {f["name"]: f for f in json.loads(done.stdout)["findings"]}
+    return done.returncode, findings, done.stdout + done.stderr
+
+
+def test_check_reports_verified_tls_and_the_acl_user_never_its_password(
+    tls_fleet: Callable[..., TlsFleet], tls_server: TlsRedisServer
+) -> None:
+    fleet = tls_fleet()
+    code, findings, output = _check(fleet.env)
+    assert code == 0, output
+    assert "verified against CLIX_REDIS_TLS_CA_FILE" in str(findings["redis_tls"]["detail"])
+    assert "'clix'" in str(findings["redis_user"]["detail"])
+    # AOF is on: INFO says so, no CONFIG GET needed (the user may not run it)
+    assert findings["redis_persistence"] == {
+        "name": "redis_persistence",
+        "ok": True,
+        "detail": "appendonly yes",
+        "verified": True,
+    }
+    assert findings["redis_eviction"]["verified"] is True
+    assert _password(tls_server) not in output
+    assert _denied(tls_server) == []
+
+
+def test_a_server_certificate_from_another_ca_is_refused_without_the_password(
+    tls_fleet: Callable[..., TlsFleet], tls_server: TlsRedisServer, tmp_path: Path
+) -> None:
+    fleet = tls_fleet()
+    stranger = ThrowawayCA(tmp_path / "other-ca", name="someone else's CA")
+    env = {**fleet.env, "CLIX_REDIS_TLS_CA_FILE": str(stranger.cert)}
+
+    code, findings, output = _check(env)
+    assert code == 1
+    assert findings["redis"]["ok"] is False
+    assert "CERTIFICATE_VERIFY_FAILED" in str(findings["redis"]["detail"])
+    assert "not signed by a CA in CLIX_REDIS_TLS_CA_FILE" in str(findings["redis"]["detail"])
+    assert findings["broker"]["ok"] is False
+    assert _password(tls_server) not in output
+    # a producer's store client and its publish fail the same way, in words without secrets
+    settings = replace(fleet, env=env).settings()
+    with pytest.raises(redis.ConnectionError) as store_refused:
+        store_client(settings, retry=False).ping()
+    producer = Celery("stranger")
+    producer.conf.update(celery_config(settings))
+    with pytest.raises(OperationalError) as publish_refused:
+        producer.send_task(
+            "trigger_campaign", kwargs={"campaign_id": "c"}, retry=False, ignore_result=True
+        )
+    for refused in (store_refused.value, publish_refused.value):
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused)
+        assert _password(tls_server) not in f"{refused!s} {refused!r}"
+
+    # only when verification is switched off explicitly does the stranger's word count
+    code, findings, output = _check({**env, "CLIX_REDIS_TLS_VERIFY": "false"})
+    assert code == 0, output
+    assert "NOT verified" in str(findings["redis_tls"]["detail"])
+
+
+def test_check_says_what_it_could_not_verify_when_config_is_denied(tmp_path: Path) -> None:
+    # a managed Redis: no CONFIG for the app's user, AOF off, RDB schedule unknown
+    with RedisServer(directory=tmp_path / "managed", appendonly=False) as server:
+        server.client().acl_setuser("clix", enabled=True, passwords=["+pw"])
+        server.client().execute_command("ACL", "SETUSER", "clix", *acl_rules())
+        env = clean_env(REDIS_URL=f"redis://clix:pw@127.0.0.1:{server.port}/0")
+        code, findings, output = _check(env)
+    assert code == 0, output
+    assert findings["redis_persistence"]["verified"] is False
+    assert "could not be verified" in str(findings["redis_persistence"]["detail"])
+    assert findings["redis_eviction"] == {
+        "name": "redis_eviction",
+        "ok": True,
+        "detail": "maxmemory-policy noeviction",
+        "verified": True,
+    }
