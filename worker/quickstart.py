@@ -32,8 +32,10 @@ from pathlib import Path
 from types import FrameType
 
 import redis
+from kombu.utils.url import maybe_sanitize_url
 
-from config.settings import get_settings
+from config.settings import Settings, get_settings
+from tasks.connections import store_client
 from worker.redis_server import RedisServer, free_port
 
 __all__ = ["run"]
@@ -45,9 +47,9 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _reachable(url: str) -> bool:
+def _reachable(settings: Settings) -> bool:
     try:
-        conn = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        conn = store_client(settings, timeout_s=1, connect_timeout_s=1, retry=False)
         ok = bool(conn.ping())
         conn.close()
         return ok
@@ -56,7 +58,8 @@ def _reachable(url: str) -> bool:
 
 
 def redis_line(url: str, *, configured: bool, answered: bool, used: str | None = None) -> str:
-    """What ``up`` says about Redis: which URL, where it came from, and a fallback."""
+    """What ``up`` says about Redis: which URL (password masked), where from, a fallback."""
+    url = maybe_sanitize_url(url)
     origin = "REDIS_URL" if configured else "default REDIS_URL"
     if answered:
         return f"Redis      {url} ({origin}, already running)"
@@ -151,7 +154,7 @@ def run(*, flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool
     try:
         redis_url = settings.redis_url
         configured = "redis_url" in settings.model_fields_set
-        if _reachable(redis_url):
+        if _reachable(settings):
             _say(redis_line(redis_url, configured=configured, answered=True))
         else:
             port = 6379 if _port_free(6379) else free_port()
@@ -241,7 +244,8 @@ def run(*, flower_port: int, concurrency: int, demo: bool, exit_after_demo: bool
         # the environment the other commands need to reach this stack, and the
         # command by its path (the virtualenv may not be active in the user's shell)
         project_id = env.get("CLIX_PROJECT_ID") or settings.clix_project_id
-        prefix = f"REDIS_URL={redis_url} CLIX_PROJECT_ID={project_id} {cli_command()}"
+        shown = maybe_sanitize_url(redis_url)  # a password is never printed: fill it in
+        prefix = f"REDIS_URL={shown} CLIX_PROJECT_ID={project_id} {cli_command()}"
         _say(f"Enqueue    {prefix} enqueue CAMPAIGN_ID KEY --user u1 -p order_id=ORD-1")
         _say(f"Schedule   {prefix} enqueue CAMPAIGN_ID KEY2 --user u1 --in 2m")
         _say(f"Status     {prefix} status CAMPAIGN_ID KEY --history")
