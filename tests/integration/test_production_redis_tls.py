@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError
 from config.celery_app import celery_config
 from config.redis_acl import acl_rules
 from tasks.connections import store_client
+from tasks.metrics import RedisStateCollector
 from tests.integration.conftest import Fleet, make_fleet
 from tests.integration.processes import SandboxProcess, clean_env, cli, cli_json, wait_until
 from tests.integration.tls_redis import (
@@ -117,6 +118,10 @@ def _denied(server: TlsRedisServer) -> list[str]:
     ]
 
 
+def _done(fleet: Fleet, campaign: str, key: str) -> bool:
+    return fleet.store.status(fleet.scope(campaign, key)).state == "done"
+
+
 def _password(server: TlsRedisServer) -> str:
     return server.users[WORKER_USER].password
 
@@ -127,7 +132,7 @@ def _accepted(sandbox: SandboxProcess, campaign: str) -> Counter[str]:
     )
 
 
-def test_delivers_once_dedupes_retries_and_dead_letters_over_tls_with_an_acl_user(
+def test_delivers_dedupes_retries_dead_letters_and_schedules_over_tls_as_an_acl_user(
     tls_fleet: Callable[..., TlsFleet],
     tls_server: TlsRedisServer,
     sandbox: SandboxProcess,
@@ -163,6 +168,16 @@ def test_delivers_once_dedupes_retries_and_dead_letters_over_tls_with_an_acl_use
         400,
     )
     assert len(sandbox.requests(rejected)) == 1
+
+    # scheduled in the store, moved to the broker by the worker's mover, then sent
+    scheduled = f"{campaign}-later"
+    assert cli(fleet.env, "enqueue", scheduled, "s", "--in", "1s").returncode == 0
+    wait_until(lambda: _done(fleet, scheduled, "s"), 30, "the scheduled trigger")
+    gauges = {
+        m.name: m.samples[0].value
+        for m in RedisStateCollector.from_settings(fleet.settings()).collect()
+    }
+    assert (gauges["clix_redis_up"], gauges["clix_dlq_depth"]) == (1, 1)  # metrics as clix
 
     assert _denied(tls_server) == []
     assert _password(tls_server) not in worker.log()
