@@ -34,8 +34,8 @@ from types import FrameType
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
+from config.connections import store_client
 from config.settings import Settings, get_settings
-from tasks.connections import store_client
 from worker.redis_server import RedisServer, free_port
 
 __all__ = ["run"]

@@ -12,10 +12,10 @@ import redis
 from pydantic import ValidationError
 
 from config.celery_app import celery_config
+from config.connections import broker_redis_client, store_client
 from config.redis_acl import WORKER_COMMANDS, acl_rules, acl_setuser_command
 from config.redis_tls import tls_options
 from config.settings import Settings
-from tasks.connections import broker_redis_client, store_client
 from worker.readiness import connection_findings, eviction_finding, persistence_finding
 
 TLS_URL = "rediss://clix:s3cret-pw@redis.example:6380/0"
