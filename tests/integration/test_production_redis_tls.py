@@ -139,8 +139,10 @@ def test_delivers_dedupes_retries_dead_letters_and_schedules_over_tls_as_an_acl_
     campaign: str,
 ) -> None:
     fleet = tls_fleet()
-    worker = fleet.start_worker(concurrency=2)
+    # mingle, gossip and heartbeat on, as the README's plain command runs
+    worker = fleet.start_worker(concurrency=2, cluster=True)
     producer = fleet.producer()
+    assert producer.control.ping(timeout=5)  # remote control (pidbox) over TLS as clix
 
     first = producer.send_task(
         "trigger_campaign", kwargs={"campaign_id": campaign, "idempotency_key": "once"}
