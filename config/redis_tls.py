@@ -19,6 +19,9 @@ setting                        meaning
 The options apply only to ``rediss://`` URLs: a ``redis://`` URL stays plain
 text (and a TLS setting with no ``rediss://`` URL is refused, see
 :func:`tls_problems`, so a typo cannot quietly send the password in clear).
+``ssl_*`` options in a URL's query are refused too: redis-py lets them
+override ours, kombu ignores them, Celery's backend reads them, so the same
+URL would be verified by some clients and not by others.
 
 Why we always pass the options ourselves, even with verification on: kombu
 turns a bare ``rediss://`` broker URL into a connection that checks *no*
@@ -34,7 +37,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -92,6 +95,18 @@ def tls_problems(settings: Settings) -> list[str]:
         for name, path in files.items()
         if path and not _readable(path)
     )
+    for name, url in (
+        ("REDIS_URL", settings.redis_url),
+        ("CELERY_BROKER_URL", settings.broker_url),
+    ):
+        in_query = sorted(k for k in parse_qs(urlsplit(url).query) if k.startswith("ssl_"))
+        if in_query:
+            # redis-py, kombu and Celery each read (or ignore) these differently
+            problems.append(
+                f"{name} carries {', '.join(in_query)}: use the CLIX_REDIS_TLS_* settings "
+                "instead (CLIX_REDIS_TLS_VERIFY=false for ssl_cert_reqs=none), so every "
+                "client gets the same TLS options"
+            )
     if settings.clix_redis_tls_key_file and not settings.clix_redis_tls_cert_file:
         problems.append("CLIX_REDIS_TLS_KEY_FILE needs CLIX_REDIS_TLS_CERT_FILE (its certificate)")
     return problems

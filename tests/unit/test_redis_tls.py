@@ -92,6 +92,11 @@ def test_an_amqps_broker_is_left_to_kombus_own_ssl_settings() -> None:
         ({"redis_url": "redis://r:6379/0", "clix_redis_tls_ca_file": "CA"}, "neither REDIS_URL"),
         ({"redis_url": TLS_URL, "clix_redis_tls_ca_file": "/nowhere/ca.pem"}, "not a readable"),
         ({"redis_url": TLS_URL, "clix_redis_tls_key_file": "KEY"}, "needs CLIX_REDIS_TLS_CERT"),
+        ({"redis_url": TLS_URL + "?ssl_cert_reqs=none"}, "REDIS_URL carries ssl_cert_reqs"),
+        (
+            {"redis_url": TLS_URL, "celery_broker_url": TLS_URL + "?ssl_ca_certs=/x"},
+            "CELERY_BROKER_URL carries ssl_ca_certs",
+        ),
     ],
 )
 def test_tls_settings_that_would_not_apply_are_refused(
