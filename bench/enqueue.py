@@ -5,6 +5,10 @@ own, with the fleet's settings in its environment (``REDIS_URL``,
 ``CELERY_BROKER_URL``, ``CLIX_QUEUE``...), so the producer API is configured the
 way an application configures it. Prints one JSON object.
 
+``python -m bench.enqueue --stack [N]`` measures this section alone, the way
+the suite does: it starts the suite's stack (bench/stack.py), runs the child
+above against it and prints its JSON (default N: the suite's full size).
+
 * ``apply_async``: a bare Celery app on the same broker and queue, a task named
   ``trigger_campaign``, the same kwargs; no validation, no pending record.
 * ``enqueue_trigger``: the producer API, one call per trigger.
@@ -20,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +46,8 @@ def _rate(send: Callable[[int, int], None], n: int, round_number: int) -> float:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--stack"]:
+        return _with_stack(int(sys.argv[2]) if len(sys.argv) > 2 else STACK_TRIGGERS)
     n = int(sys.argv[1])
     from tasks import enqueue_many, enqueue_trigger
 
@@ -114,6 +121,20 @@ def enqueue_rates(stack: Stack, triggers: int) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"bench.enqueue failed: {done.stderr[-2000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+#: Triggers per round of ``--stack``: the suite's full size (bench.suite.FULL).
+STACK_TRIGGERS = 1000
+
+
+def _with_stack(triggers: int) -> int:
+    """This section alone: start the suite's stack, measure, print the JSON."""
+    with (
+        tempfile.TemporaryDirectory(prefix="clix-bench-enqueue-") as workdir,
+        Stack.running(Path(workdir)) as stack,
+    ):
+        print(json.dumps(enqueue_rates(stack, triggers)))
+    return 0
 
 
 if __name__ == "__main__":
