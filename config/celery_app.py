@@ -49,6 +49,7 @@ from typing import Any
 from celery import Celery
 
 from config.redis_tls import tls_options
+from config.result_backend import ClixCelery
 from config.settings import DEFAULT_CONCURRENCY, ConfigurationError, Settings, get_settings
 
 __all__ = [
@@ -265,7 +266,7 @@ def app_settings(celery_app: Celery) -> Settings:
 
 
 def _make_app() -> Celery:
-    app = Celery("clix_trigger_worker")
+    app = ClixCelery("clix_trigger_worker")
     app.conf.update(celery_config(get_settings()))
     return app
 
