@@ -29,8 +29,13 @@ Delivery settings and why:
   entirely is handed out again after the visibility timeout; the restore sweep
   runs every ``CLIX_UNACKED_RESTORE_INTERVAL_S`` (kombu's default is about
   100 s), which is what keeps recovery under 120 s.
-* ``result_extended`` stays off and ``task_send_sent_event`` carries only our
-  redacted ``kwargsrepr``: payloads never reach the result backend or Flower.
+* ``result_extended`` stays off: payloads never reach the result backend.
+* ``task_send_sent_event`` only with ``CLIX_TASK_SENT_EVENTS``: the event is a
+  second broker publish per enqueue, and the worker's ``task-received`` shows
+  the trigger in Flower anyway (from when a worker takes it). When on, it
+  carries only our redacted ``kwargsrepr``, like every event.
+* The result backend subscribes to a result channel only when somebody waits
+  for the result (:mod:`config.result_backend`), not at every publish.
 * ``rediss://`` broker or store: ``broker_use_ssl`` / ``redis_backend_use_ssl``
   carry the ``CLIX_REDIS_TLS_*`` settings, certificate verified by default
   (see :mod:`config.redis_tls`; kombu would otherwise verify nothing).
@@ -130,7 +135,7 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
         "result_extended": False,
         "task_track_started": False,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": settings.clix_task_sent_events,
         "worker_hijack_root_logger": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "enable_utc": True,

@@ -219,6 +219,13 @@ class Settings(BaseSettings):
             "remembers every trigger_id for CLIX_IDEMPOTENCY_TTL_S anyway."
         ),
     )
+    clix_task_sent_events: bool = Field(
+        False,
+        description=(
+            "Producers publish Celery's task-sent event (Flower shows a trigger while it is "
+            "queued); one more broker publish per enqueue."
+        ),
+    )
     clix_metrics_port: int | None = Field(
         None,
         ge=1,

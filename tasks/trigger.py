@@ -44,6 +44,7 @@ from tasks.scheduler import schedule_trigger, when_from
 __all__ = [
     "RedactedRequest",
     "TriggerTask",
+    "check_plan",
     "result_writer",
     "summary",
     "trigger_campaign",
@@ -150,12 +151,7 @@ class TriggerTask(Task):  # type: ignore[misc]
         # The header tells tasks.publishing the record is written (once per publish).
         enqueued_at_ms = options.pop("clix_enqueued_at_ms", None)
         if enqueued_at_ms is None:
-            check_contract(
-                clean,
-                context.plan_registry(settings.clix_plans),
-                strict=settings.clix_plans_strict,
-                pii_warning=settings.clix_pii_warning,
-            )
+            check_plan(clean, settings)
             if when is not None:
                 scheduled = schedule_trigger(clean, when, settings, task_id=options.get("task_id"))
                 if scheduled.task_id is not None:  # scheduled now, or before under this key
@@ -164,10 +160,32 @@ class TriggerTask(Task):  # type: ignore[misc]
                 # which the worker answers as a duplicate with the first result
             # stamped by the store's clock; a failed write raises here, before publishing
             enqueued_at_ms = context.producer_ledger(settings).record([clean])
+        return self.publish_recorded(clean, enqueued_at_ms, **options)
+
+    def publish_recorded(self, clean: dict[str, Any], enqueued_at_ms: int, **options: Any) -> Any:
+        """Publish valid kwargs whose pending record is written (stamped ``enqueued_at_ms``).
+
+        No validation, no record: the caller did both (the bulk path, for a
+        whole batch at once). The header tells :mod:`tasks.publishing` the
+        record exists; the ``kwargsrepr`` shows ids and property names only.
+        """
         options["headers"] = {**(options.get("headers") or {}), ENQUEUED_AT_HEADER: enqueued_at_ms}
         options.setdefault("argsrepr", "()")
         options.setdefault("kwargsrepr", summary(clean))
         return super().apply_async((), clean, **options)
+
+
+def check_plan(clean: dict[str, Any], settings: Settings) -> None:
+    """Check valid kwargs against their campaign's plan (``CLIX_PLANS``), or raise.
+
+    Raises :class:`InvalidTrigger` naming the field.
+    """
+    check_contract(
+        clean,
+        context.plan_registry(settings.clix_plans),
+        strict=settings.clix_plans_strict,
+        pii_warning=settings.clix_pii_warning,
+    )
 
 
 @app.task(bind=True, base=TriggerTask, name=TASK_NAME)  # type: ignore[untyped-decorator]
