@@ -3,7 +3,7 @@
 Celery's Redis result backend subscribes to a task's result channel the moment
 the task is published (``on_task_call``), whether or not the caller ever waits
 for the result, and unsubscribes when the ``AsyncResult`` is collected: two
-pub/sub commands per publish on a connection of their own, about a quarter of
+pub/sub commands per publish on a connection of their own, about a tenth of
 what ``enqueue_trigger`` cost (celery/celery#3808, #4983). Producers of
 triggers rarely wait: they enqueue and return.
 
