@@ -29,6 +29,14 @@ Delivery settings and why:
   entirely is handed out again after the visibility timeout; the restore sweep
   runs every ``CLIX_UNACKED_RESTORE_INTERVAL_S`` (kombu's default is about
   100 s), which is what keeps recovery under 120 s.
+* Redis Sentinel (:mod:`config.sentinel`): the broker and the result backend
+  take kombu's ``sentinel://...;sentinel://...`` form with the master name in
+  their transport options (``master_name``), the sentinels' password in
+  ``sentinel_kwargs`` (the URL's password is the primary's: kombu and Celery
+  pass it to the primary only) and timeouts there too (without them a
+  sentinel that stopped answering blocks the search for the primary).
+  ``socket_timeout`` lets a publish on a connection to a vanished primary fail
+  and reconnect instead of waiting forever.
 * ``result_extended`` stays off: payloads never reach the result backend.
 * ``task_send_sent_event`` only with ``CLIX_TASK_SENT_EVENTS``: the event is a
   second broker publish per enqueue, and the worker's ``task-received`` shows
@@ -55,6 +63,7 @@ from celery import Celery
 
 from config.redis_tls import tls_options
 from config.result_backend import ClixCelery
+from config.sentinel import SentinelTarget, sentinel_kwargs
 from config.settings import DEFAULT_CONCURRENCY, ConfigurationError, Settings, get_settings
 
 __all__ = [
@@ -72,6 +81,7 @@ __all__ = [
     "check_delivery_limit",
     "is_amqp",
     "pool_on_command_line",
+    "result_backend_url",
 ]
 
 #: Registered name of the task: part of the public contract.
@@ -97,6 +107,9 @@ DEFAULT_WORKER_POOL = "threads"
 DEFAULT_WORKER_CONCURRENCY = DEFAULT_CONCURRENCY
 #: Cap on the Redis broker's connections per worker process (opened on demand).
 BROKER_MAX_CONNECTIONS = 1024
+#: Behind Sentinel: a broker command with no answer for this long fails, so a
+#: connection to a primary that vanished (no RST) is dropped and reopened.
+SENTINEL_BROKER_SOCKET_TIMEOUT_S = 30.0
 
 
 def pool_on_command_line(argv: Sequence[str]) -> bool:
@@ -116,11 +129,18 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
         "unacked_restore_throttle": 1,
     }
     broker_options = {**transport_options, "max_connections": BROKER_MAX_CONNECTIONS}
+    broker_url, backend_options = settings.broker_url, dict(transport_options)
+    if settings.broker_sentinel is not None:
+        broker_url = settings.broker_sentinel.kombu_url()
+        broker_options.update(_sentinel_options(settings, settings.broker_sentinel))
+        broker_options["socket_timeout"] = SENTINEL_BROKER_SOCKET_TIMEOUT_S
+    if settings.store_sentinel is not None:
+        backend_options.update(_sentinel_options(settings, settings.store_sentinel))
     config: dict[str, Any] = {
-        "broker_url": settings.broker_url,
-        "result_backend": settings.redis_url,
+        "broker_url": broker_url,
+        "result_backend": result_backend_url(settings),
         "broker_transport_options": broker_options,
-        "result_backend_transport_options": dict(transport_options),
+        "result_backend_transport_options": backend_options,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": settings.clix_queue,
         "task_routes": {TASK_NAME: {"queue": settings.clix_queue}},
@@ -158,6 +178,20 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
     if is_amqp(settings):
         config.update(_amqp_config(settings))
     return config
+
+
+def result_backend_url(settings: Settings) -> str:
+    """Celery's result backend: the store's Redis (in Celery's Sentinel form behind Sentinel)."""
+    target = settings.store_sentinel
+    return settings.redis_url if target is None else target.kombu_url()
+
+
+def _sentinel_options(settings: Settings, target: SentinelTarget) -> dict[str, Any]:
+    """Transport options of a kombu / Celery Sentinel connection to ``target``."""
+    return {
+        "master_name": target.master_name,
+        "sentinel_kwargs": sentinel_kwargs(settings.clix_redis_sentinel_password),
+    }
 
 
 def is_amqp(settings: Settings) -> bool:

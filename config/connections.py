@@ -3,7 +3,7 @@
 Every Redis client of the system is made here: the store's (ledger, DLQ,
 limiter, breaker, pending records), the short-lived ones of checks and
 metrics, and the reconciler's view into a Redis broker. What kind of Redis is
-behind a URL (TLS, an ACL user, and later Sentinel or Cluster) is decided
+behind a URL (TLS, an ACL user, Sentinel, and later Cluster) is decided
 here and nowhere else, so every caller gets the same treatment.
 
 TLS: a ``rediss://`` URL gets the ``CLIX_REDIS_TLS_*`` options of
@@ -12,6 +12,14 @@ backend get), certificate and host name verified unless
 ``CLIX_REDIS_TLS_VERIFY=false``. ACL users come with the URL
 (``rediss://user:password@host:port/db``); the commands they need are
 :data:`config.redis_acl.WORKER_COMMANDS`.
+
+A Sentinel URL (:mod:`config.sentinel`) gives a client of the current primary:
+redis-py asks the sentinels for its address on every new connection, and a
+connection that finds the old primary gone or demoted (``READONLY``) is
+dropped and opened again at the new one. To the store, a failover is a
+dropped connection like any other: the retry below repeats the command at the
+new primary, and a failover longer than that budget fails the call and the
+delivery routes it (requeue, or the commit's own retry while its lease lasts).
 
 The store's retry policy lives here too: after a dropped connection a command
 is repeated on a fresh connection a few times within about a second. Every
@@ -27,15 +35,19 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from config.redis_tls import tls_options
+from config.sentinel import SentinelTarget, parse_sentinel_url, sentinel_kwargs
 from config.settings import Settings
 
 __all__ = [
     "STORE_MAX_CONNECTIONS",
     "STORE_RETRIES",
     "STORE_RETRY_CAP_S",
+    "broker_is_redis",
     "broker_redis_client",
+    "sentinel_manager",
     "store_client",
 ]
 
@@ -50,7 +62,23 @@ STORE_MAX_CONNECTIONS = 1024
 
 
 def _client(settings: Settings, url: str, **options: Any) -> redis.Redis:
-    return redis.Redis.from_url(url, **tls_options(settings, url), **options)
+    sentinel = parse_sentinel_url(url, settings.clix_broker_sentinel_master)
+    if sentinel is None:
+        return redis.Redis.from_url(url, **tls_options(settings, url), **options)
+    credentials = {"username": sentinel.username, "password": sentinel.password}
+    client: redis.Redis = sentinel_manager(sentinel, settings).master_for(  # type: ignore[no-untyped-call]
+        sentinel.master_name,
+        db=sentinel.db,
+        **{k: v for k, v in credentials.items() if v is not None},
+        **options,
+    )
+    return client
+
+
+def sentinel_manager(target: SentinelTarget, settings: Settings) -> Sentinel:
+    """A client of ``target``'s sentinels (``CLIX_REDIS_SENTINEL_PASSWORD`` when set)."""
+    options = sentinel_kwargs(settings.clix_redis_sentinel_password)
+    return Sentinel(list(target.sentinels), sentinel_kwargs=options)  # type: ignore[no-untyped-call]
 
 
 def store_client(
@@ -77,6 +105,12 @@ def store_client(
             ExponentialBackoff(cap=STORE_RETRY_CAP_S, base=0.05), STORE_RETRIES
         )
     return _client(settings, settings.redis_url, **options)
+
+
+def broker_is_redis(settings: Settings) -> bool:
+    """Whether the broker is a Redis (direct or behind Sentinel), not RabbitMQ."""
+    direct = settings.broker_url.lower().startswith(("redis://", "rediss://", "unix://"))
+    return direct or settings.broker_sentinel is not None
 
 
 def broker_redis_client(settings: Settings, *, timeout_s: float = 10.0) -> redis.Redis:

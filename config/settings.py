@@ -32,6 +32,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.redis_tls import tls_problems
+from config.sentinel import KOMBU_SCHEME, SentinelTarget, parse_sentinel_url
 
 __all__ = ["ConfigurationError", "Settings", "get_settings"]
 
@@ -232,6 +233,28 @@ class Settings(BaseSettings):
         le=65535,
         description="Serve Prometheus metrics from each worker's main process on this port.",
     )
+    clix_broker_sentinel_master: str | None = Field(
+        None,
+        description="Master name of a kombu-style sentinel:// CELERY_BROKER_URL "
+        "(broker_transport_options['master_name']).",
+    )
+    clix_redis_sentinel_password: SecretStr | None = Field(
+        None,
+        description="Password of the sentinels themselves (not the primary's, which is in "
+        "the URL); store and broker.",
+    )
+    clix_redis_commit_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Replicas that must have a commit (Redis WAIT) before its message is "
+        "acknowledged; 0: do not wait (see README, Production Redis).",
+    )
+    clix_redis_commit_wait_ms: int = Field(
+        50,
+        ge=1,
+        description="Longest wait of one commit for those replicas, in ms.",
+    )
     clix_log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Worker log lines: json, text, or auto (text on a terminal, else json)."
     )
@@ -316,6 +339,24 @@ class Settings(BaseSettings):
                 "visibility timeout), or a late copy of a trigger sends again"
             )
         problems.extend(tls_problems(self))
+        return problems + self._sentinel_problems()
+
+    def _sentinel_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.redis_url.lower().startswith(KOMBU_SCHEME):
+            problems.append(
+                "REDIS_URL: kombu's sentinel:// form has no master name; write "
+                "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]"
+            )
+            return problems
+        for name, url, master in (
+            ("REDIS_URL", self.redis_url, None),
+            ("CELERY_BROKER_URL", self.broker_url, self.clix_broker_sentinel_master),
+        ):
+            try:
+                parse_sentinel_url(url, master)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
         return problems
 
     # --- derived values ------------------------------------------------------
@@ -323,6 +364,16 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         """The Celery broker: ``CELERY_BROKER_URL``, else ``REDIS_URL``."""
         return self.celery_broker_url or self.redis_url
+
+    @property
+    def store_sentinel(self) -> SentinelTarget | None:
+        """The Sentinel-managed store of ``REDIS_URL=redis+sentinel://...``, else None."""
+        return parse_sentinel_url(self.redis_url)
+
+    @property
+    def broker_sentinel(self) -> SentinelTarget | None:
+        """The Sentinel-managed Redis broker (either URL form), else None."""
+        return parse_sentinel_url(self.broker_url, self.clix_broker_sentinel_master)
 
     @property
     def max_renewal_gap_s(self) -> float:

@@ -142,6 +142,8 @@ def idempotency_store(settings: Settings, conn: redis.Redis) -> IdempotencyStore
         KeySpace(settings.clix_key_prefix),
         lease_ms=int(settings.clix_lease_s * 1000),
         ttl_s=settings.clix_idempotency_ttl_s,
+        commit_replicas=settings.clix_redis_commit_replicas,
+        commit_wait_ms=settings.clix_redis_commit_wait_ms,
     )
 
 

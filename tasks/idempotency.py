@@ -27,12 +27,21 @@ HTTP attempt the owner renews its lease and marks the scope ``sending``; a
 claim that finds ``sending`` set took over from an owner that died mid-request,
 which is the one ambiguous duplicate the system allows: it is flagged so the
 caller counts and logs it.
+
+Replication: on a Redis with replicas (Sentinel), a commit the primary
+acknowledged may not have reached a replica when the primary dies; the
+promoted replica then has no done record and the message, acknowledged or
+not, can be sent again. ``commit_replicas`` > 0 sends ``WAIT`` right behind
+the commit, in the same round trip, so the message is acknowledged only once
+that many replicas have the commit (or ``commit_wait_ms`` passed, which is
+logged).
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +56,8 @@ from tasks import ledger_scripts
 from tasks.ratelimit import SlotRequest
 
 __all__ = ["Claim", "ClaimState", "IdempotencyStore", "ResultRecord", "Status", "new_owner"]
+
+logger = logging.getLogger("clix.trigger")
 
 
 class ClaimState(enum.Enum):
@@ -128,8 +139,12 @@ class IdempotencyStore:
         lease_ms: int,
         ttl_s: int,
         clock: Callable[[], float] = time.time,
+        commit_replicas: int = 0,
+        commit_wait_ms: int = 50,
     ) -> None:
         self.redis = redis_client
+        self.commit_replicas = commit_replicas
+        self.commit_wait_ms = commit_wait_ms
         self.keys = keys
         self.lease_ms = lease_ms
         self.ttl_s = ttl_s
@@ -238,7 +253,30 @@ class IdempotencyStore:
             keys.append(result.key)
             args[3:5] = [result.value, result.ttl_s]
         args += [attempt, history_cap]
+        if self.commit_replicas:
+            return self._commit_replicated(keys, args)
         return bool(self._commit(keys=keys, args=args))
+
+    def _commit_replicated(self, keys: list[Any], args: list[Any]) -> bool:
+        """The commit and ``WAIT`` in one round trip (no transaction: WAIT may not be in one)."""
+        for _ in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self._commit.sha, len(keys), *keys, *args)
+            pipe.wait(self.commit_replicas, self.commit_wait_ms)
+            try:
+                committed, replicas = pipe.execute()
+            except redis.exceptions.NoScriptError:  # a new primary's empty script cache
+                self.redis.script_load(ledger_scripts.COMMIT)
+                continue
+            if int(replicas) < self.commit_replicas:
+                logger.warning(
+                    "commit reached %s of %s replicas within %s ms",
+                    replicas,
+                    self.commit_replicas,
+                    self.commit_wait_ms,
+                )
+            return bool(committed)
+        raise redis.exceptions.NoScriptError("the commit script could not be loaded")
 
     def release(
         self, scope: Scope, owner: str, *, uncount: bool = False, unsent: bool = False

@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from config.connections import broker_redis_client, store_client
+from config.connections import broker_is_redis, broker_redis_client, store_client
 from config.keys import KeySpace
 from config.settings import Settings
 from tasks.breaker import CircuitBreaker
@@ -332,9 +332,8 @@ class RedisStateCollector(Collector):
         if settings.clix_project_id:
             breaker = CircuitBreaker(conn, keys.breaker(settings.clix_project_id))
         broker = settings.broker_url
-        scheme = broker.split("://", 1)[0].lower()
         probe: QueueProbe
-        if scheme in ("redis", "rediss", "unix"):
+        if broker_is_redis(settings):
             broker_conn = (
                 conn
                 if broker == settings.redis_url

@@ -26,7 +26,7 @@ from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request as CeleryRequest
 from kombu.transport.redis import QoS as RedisQoS
 
-from config.celery_app import TASK_NAME, app, app_settings
+from config.celery_app import TASK_NAME, app, app_settings, result_backend_url
 from config.settings import Settings
 from tasks import context
 from tasks import publishing as _publishing  # noqa: F401 - records send_task publishes
@@ -219,7 +219,9 @@ def result_writer(
     ``AsyncResult.get()`` works unchanged.
     """
     backend = task.backend
-    if not isinstance(backend, RedisBackend) or task.app.conf.result_backend != settings.redis_url:
+    if not isinstance(backend, RedisBackend) or task.app.conf.result_backend != result_backend_url(
+        settings
+    ):
         return None
     if task.app.conf.result_extended:
         return None  # the extended meta carries the request: leave it to Celery

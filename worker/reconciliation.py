@@ -22,7 +22,7 @@ from kombu.connection import Connection
 from kombu.messaging import Producer
 
 from config.celery_app import app
-from config.connections import broker_redis_client
+from config.connections import broker_is_redis, broker_redis_client
 from config.keys import KeySpace
 from config.settings import Settings, get_settings
 from tasks import context
@@ -38,7 +38,7 @@ logger = logging.getLogger("clix.reconciler")
 
 def broker_view(settings: Settings) -> BrokerView:
     """How the reconciler looks into the configured broker."""
-    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if broker_is_redis(settings):
         return RedisBrokerView(broker_redis_client(settings))
 
     def message_count(queue: str) -> int:
