@@ -87,7 +87,7 @@ class SentinelGroup:
         self.killed: list[RedisServer] = []
 
     def start(self, timeout_s: float = 20.0) -> SentinelGroup:
-        """Primary, a replica in sync with it, three sentinels that see both."""
+        """Primary, a replica in sync with it, three sentinels (see :meth:`wait_until_watched`)."""
         try:
             self.primary = RedisServer(binary=self.binary, appendonly=False).start()
             self.replica = RedisServer(binary=self.binary, appendonly=False).start()
@@ -102,16 +102,27 @@ class SentinelGroup:
                 )
                 for i in range(3)
             ]
-            self._wait(self._ready, timeout_s, "the replica in sync and every sentinel seeing it")
+            self._wait(self._in_sync, timeout_s, "the replica in sync")
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _ready(self) -> bool:
+    def _in_sync(self) -> bool:
         assert self.replica is not None
-        if _client(self.replica.port).info("replication").get("master_link_status") != "up":
-            return False
+        link = _client(self.replica.port).info("replication").get("master_link_status")
+        return bool(link == "up")
+
+    def wait_until_watched(self, timeout_s: float = 20.0) -> None:
+        """Wait until every sentinel sees the replica and the two other sentinels.
+
+        They find each other through the primary in a few seconds; only then can
+        they agree on a failover. Not part of :meth:`start`, so a test can start
+        its workers meanwhile.
+        """
+        self._wait(self._watched, timeout_s, "every sentinel seeing the replica and the others")
+
+    def _watched(self) -> bool:
         for sentinel in self.sentinels:
             try:
                 state = sentinel.client().sentinel_master(MASTER_NAME)
@@ -153,6 +164,7 @@ class SentinelGroup:
 
     def kill_primary(self) -> int:
         """SIGKILL the current primary (no shutdown, no last write); return its port."""
+        self.wait_until_watched()
         port = self.master_port()
         for server in (self.primary, self.replica):
             if server is not None and server.port == port and server.process is not None:
