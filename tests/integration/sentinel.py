@@ -149,6 +149,14 @@ class SentinelGroup:
         """kombu's ``sentinel://...;sentinel://...`` form (master name given apart)."""
         return ";".join(f"sentinel://127.0.0.1:{s.port}/{db}" for s in self.sentinels)
 
+    def replica_client(self) -> redis.Redis:
+        """A direct client of the replica that is not the current primary."""
+        port = self.master_port()
+        for server in (self.primary, self.replica):
+            if server is not None and server.port != port and server.process is not None:
+                return _client(server.port)
+        raise RuntimeError("no live replica")
+
     def master_port(self) -> int | None:
         """The primary's port as the first answering sentinel says, else None."""
         for sentinel in self.sentinels:

@@ -10,27 +10,46 @@ draining the backlog; the sentinels promote the replica about a second later.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from config.keys import KeySpace, Scope
+from config.settings import Settings
+from tasks.connections import store_client
+from tasks.idempotency import IdempotencyStore, new_owner
 from tests.integration.conftest import Fleet
-from tests.integration.processes import SandboxProcess, cli, wait_until
+from tests.integration.processes import SandboxProcess, clean_env, cli, wait_until
 from tests.integration.sentinel import MASTER_NAME, SentinelGroup, sentinel_binary
 from tests.integration.test_lose_nothing import _write_triggers
 
 pytestmark = pytest.mark.integration
 
 
+def _group() -> SentinelGroup:
+    if sentinel_binary() is None:
+        pytest.skip("no system redis-server binary to run as a sentinel (apt install redis-server)")
+    return SentinelGroup(down_after_ms=1000).start()
+
+
 @pytest.fixture
 def sentinel_group() -> Iterator[SentinelGroup]:
     """A primary, a replica and three sentinels (down after 1 s), stopped afterwards."""
-    if sentinel_binary() is None:
-        pytest.skip("no system redis-server binary to run as a sentinel (apt install redis-server)")
-    group = SentinelGroup(down_after_ms=1000).start()
+    group = _group()
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="module")
+def steady_group() -> Iterator[SentinelGroup]:
+    """A Sentinel group no test of this module fails over (shared: it is only read)."""
+    group = _group()
+    group.wait_until_watched()
     yield group
     group.stop()
 
@@ -89,3 +108,46 @@ def test_primary_killed_mid_drain_delivers_every_trigger_with_duplicates_counted
     assert [w.proc.poll() for w in fleet.workers] == [None, None]  # both rode it out
     assert fleet.dlq.entries() == []
     assert doubled <= counted
+
+
+def test_check_reports_the_sentinel_primary_and_refuses_an_unknown_master_name(
+    steady_group: SentinelGroup,
+) -> None:
+    env = clean_env(REDIS_URL=steady_group.url())
+    done = cli(env, "check", "--no-worker")
+    primary_port = steady_group.master_port()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"ok  127.0.0.1:{primary_port} (master {MASTER_NAME!r}" in done.stdout
+    assert "3/3 sentinels know it, 1 replica(s) up" in done.stdout
+
+    wrong = clean_env(REDIS_URL=steady_group.url().replace(MASTER_NAME, "typo"))
+    refused = cli(wrong, "check", "--no-worker")
+    assert refused.returncode == 1
+    assert "no sentinel knows master 'typo'" in refused.stdout
+
+
+def test_commit_with_wait_returns_once_the_replica_has_it(
+    steady_group: SentinelGroup, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(redis_url=steady_group.url(), _env_file=None)
+    keys = KeySpace("waittest")
+    store = IdempotencyStore(
+        store_client(settings), keys, lease_ms=5000, ttl_s=60, commit_replicas=1
+    )
+    scope, owner = Scope("p", "c", "k"), new_owner("task")
+    assert store.claim(scope, owner).state.value == "claimed"
+    # as on a freshly promoted primary: the commit script is not in its cache
+    redis.Redis.from_url(steady_group.direct_url()).script_flush()
+    with caplog.at_level(logging.WARNING, logger="clix.trigger"):
+        assert store.commit(scope, owner, "trigger-1")
+    assert steady_group.replica_client().get(keys.done(scope)) == b"trigger-1"
+    assert "replicas within" not in caplog.text  # the replica confirmed in time
+
+    unreachable = IdempotencyStore(
+        store_client(settings), keys, lease_ms=5000, ttl_s=60, commit_replicas=2, commit_wait_ms=20
+    )
+    scope2, owner2 = Scope("p", "c", "k2"), new_owner("task")
+    unreachable.claim(scope2, owner2)
+    with caplog.at_level(logging.WARNING, logger="clix.trigger"):
+        assert unreachable.commit(scope2, owner2, "trigger-2")  # committed all the same
+    assert "commit reached 1 of 2 replicas within 20 ms" in caplog.text

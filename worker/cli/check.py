@@ -3,7 +3,8 @@
 Findings, in order: the settings, the credentials and plans (``--worker``, the
 default), the store (answers; TLS and whether its certificate was verified; the
 ACL user, never its password; persistence and eviction, see
-:mod:`worker.readiness`) and the broker. ``--json`` prints
+:mod:`worker.readiness`), the Sentinel primaries (:mod:`worker.cli.sentinel_check`)
+and the broker. ``--json`` prints
 ``{"ok": bool, "findings": [{"name", "ok", "detail", "verified"}, ...]}``.
 """
 
@@ -17,6 +18,7 @@ import click
 
 from config.settings import ConfigurationError, Settings, get_settings
 from worker.cli.console import RET_FAILED, RET_OK, emit
+from worker.cli.sentinel_check import sentinel_findings
 from worker.readiness import Finding, store_findings
 
 __all__ = ["check"]
@@ -48,6 +50,7 @@ def check(for_worker: bool, timeout_s: float, as_json: bool) -> None:
     if for_worker:
         findings.append(_credentials(settings))
     findings += _store(settings, timeout_s)
+    findings += sentinel_findings(settings)
     findings.append(_broker(settings, timeout_s))
     _report([_scrubbed(f, settings) for f in findings], as_json)
 
