@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -133,9 +134,9 @@ class SentinelGroup:
         return True
 
     @staticmethod
-    def _wait(check: object, timeout_s: float, what: str) -> None:
+    def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
-        while not check():  # type: ignore[operator]
+        while not check():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {timeout_s:g} s waiting for {what}")
             time.sleep(0.1)
