@@ -1,6 +1,6 @@
 """What a Sentinel failover costs: duplicate sends, recovery time, and the price of ``WAIT``.
 
-Each run starts a primary, a replica and three sentinels (down after 1 s),
+Each run starts a primary, two replicas and three sentinels (down after 1 s),
 two workers with the store and the broker behind Sentinel, and the sandbox;
 queues a backlog, SIGKILLs the primary once a share of it was sent, and waits
 until every trigger reached Clix. Per run it prints how many triggers Clix
@@ -47,6 +47,8 @@ from tests.integration.sentinel import MASTER_NAME, SentinelGroup
 
 PROJECT_ID = "bench-project"
 API_KEY = "sk-bench-failover"
+#: Two, so that a replica is left to confirm WAIT after the failover promoted one.
+REPLICAS = 2
 _REPUBLISHED = re.compile(r"reconciler re-published (\d+) lost trigger")
 
 
@@ -106,7 +108,7 @@ def one_run(
 ) -> dict[str, Any]:
     """One backlog through a fresh Sentinel group; with ``failover``, kill the primary in it."""
     campaign = f"fo-{uuid.uuid4().hex[:8]}"
-    with SentinelGroup(down_after_ms=1000) as group:
+    with SentinelGroup(down_after_ms=1000, replicas=REPLICAS) as group:
         env = _fleet_env(group, sandbox, wait)
         workers = [
             WorkerProcess(workdir, env, queue=env["CLIX_QUEUE"], pool="threads", concurrency=8)
@@ -147,7 +149,7 @@ def one_run(
 
 def commit_rate(wait: bool, commits: int = 2000) -> float:
     """Claims + commits per second from one thread, against a fresh Sentinel group."""
-    with SentinelGroup() as group:
+    with SentinelGroup(replicas=REPLICAS) as group:
         settings = fleet_settings(clean_env(REDIS_URL=group.url()))
         store = IdempotencyStore(
             store_client(settings),

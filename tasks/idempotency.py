@@ -145,6 +145,7 @@ class IdempotencyStore:
         self.redis = redis_client
         self.commit_replicas = commit_replicas
         self.commit_wait_ms = commit_wait_ms
+        self._replicas_short = False
         self.keys = keys
         self.lease_ms = lease_ms
         self.ttl_s = ttl_s
@@ -268,13 +269,16 @@ class IdempotencyStore:
             except redis.exceptions.NoScriptError:  # a new primary's empty script cache
                 self.redis.script_load(ledger_scripts.COMMIT)
                 continue
-            if int(replicas) < self.commit_replicas:
+            short = int(replicas) < self.commit_replicas
+            if short and not self._replicas_short:  # once, not at every commit of an outage
                 logger.warning(
-                    "commit reached %s of %s replicas within %s ms",
+                    "commit reached %s of %s replicas within %s ms (said once until they confirm "
+                    "again)",
                     replicas,
                     self.commit_replicas,
                     self.commit_wait_ms,
                 )
+            self._replicas_short = short
             return bool(committed)
         raise redis.exceptions.NoScriptError("the commit script could not be loaded")
 

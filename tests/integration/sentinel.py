@@ -1,4 +1,4 @@
-"""A throwaway Sentinel deployment: a primary, a replica and three sentinels on free ports.
+"""A throwaway Sentinel deployment: a primary, replicas and three sentinels on free ports.
 
 For the failover test and ``bench/failover.py``. The sentinels notice a dead
 primary after ``down_after_ms`` and promote the replica within about a second
@@ -75,29 +75,33 @@ class _Sentinel:
 class SentinelGroup:
     """Start with :meth:`start` (or ``with``); :meth:`stop` stops everything it started."""
 
-    def __init__(self, *, down_after_ms: int = 1000, binary: str | None = None) -> None:
+    def __init__(
+        self, *, down_after_ms: int = 1000, replicas: int = 1, binary: str | None = None
+    ) -> None:
         found = binary or sentinel_binary()
         if found is None:
             raise RuntimeError("no system redis-server: it is what runs as a sentinel")
         self.binary = found
         self.down_after_ms = down_after_ms
+        self.replicas = replicas
         self.directory = Path(tempfile.mkdtemp(prefix="clix-sentinel-"))
-        self.primary: RedisServer | None = None
-        self.replica: RedisServer | None = None
+        #: the first primary, then its replicas
+        self.servers: list[RedisServer] = []
         self.sentinels: list[_Sentinel] = []
-        self.killed: list[RedisServer] = []
 
     def start(self, timeout_s: float = 20.0) -> SentinelGroup:
-        """Primary, a replica in sync with it, three sentinels (see :meth:`wait_until_watched`)."""
+        """Primary, replicas in sync with it, three sentinels (see :meth:`wait_until_watched`)."""
         try:
-            self.primary = RedisServer(binary=self.binary, appendonly=False).start()
-            self.replica = RedisServer(binary=self.binary, appendonly=False).start()
-            _client(self.replica.port).replicaof("127.0.0.1", self.primary.port)
+            for _ in range(1 + self.replicas):
+                self.servers.append(RedisServer(binary=self.binary, appendonly=False).start())
+            primary = self.servers[0].port
+            for replica in self.servers[1:]:
+                _client(replica.port).replicaof("127.0.0.1", primary)
             self.sentinels = [
                 _Sentinel(
                     self.binary,
                     self.directory / f"s{i}",
-                    self.primary.port,
+                    primary,
                     self.down_after_ms,
                     quorum=2,
                 )
@@ -110,9 +114,8 @@ class SentinelGroup:
         return self
 
     def _in_sync(self) -> bool:
-        assert self.replica is not None
-        link = _client(self.replica.port).info("replication").get("master_link_status")
-        return bool(link == "up")
+        links = [_client(r.port).info("replication") for r in self.servers[1:]]
+        return all(link.get("master_link_status") == "up" for link in links)
 
     def wait_until_watched(self, timeout_s: float = 20.0) -> None:
         """Wait until every sentinel sees the replica and the two other sentinels.
@@ -129,7 +132,8 @@ class SentinelGroup:
                 state = sentinel.client().sentinel_master(MASTER_NAME)
             except redis.RedisError:
                 return False
-            if int(state.get("num-slaves", 0)) < 1 or int(state.get("num-other-sentinels", 0)) < 2:
+            seen = int(state.get("num-slaves", 0)), int(state.get("num-other-sentinels", 0))
+            if seen[0] < self.replicas or seen[1] < 2:
                 return False
         return True
 
@@ -153,8 +157,8 @@ class SentinelGroup:
     def replica_client(self) -> redis.Redis:
         """A direct client of the replica that is not the current primary."""
         port = self.master_port()
-        for server in (self.primary, self.replica):
-            if server is not None and server.port != port and server.process is not None:
+        for server in self.servers:
+            if server.port != port and server.process is not None:
                 return _client(server.port)
         raise RuntimeError("no live replica")
 
@@ -175,11 +179,10 @@ class SentinelGroup:
         """SIGKILL the current primary (no shutdown, no last write); return its port."""
         self.wait_until_watched()
         port = self.master_port()
-        for server in (self.primary, self.replica):
-            if server is not None and server.port == port and server.process is not None:
+        for server in self.servers:
+            if server.port == port and server.process is not None:
                 server.process.kill()
                 server.process.wait()
-                self.killed.append(server)
                 return server.port
         raise RuntimeError(f"no primary of ours on port {port}")
 
@@ -203,9 +206,8 @@ class SentinelGroup:
         """Stop the sentinels and servers, remove every directory."""
         for sentinel in self.sentinels:
             sentinel.stop()
-        for server in (self.primary, self.replica):
-            if server is not None:
-                server.stop()
+        for server in self.servers:
+            server.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> SentinelGroup:
