@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import typical_trigger
+from config.connections import store_client
 from config.keys import KeySpace, Scope
 from config.settings import Settings
-from tasks.connections import store_client
 from tasks.idempotency import IdempotencyStore, new_owner
 from tests.integration.processes import (
     FAST_SETTINGS,

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from config.connections import store_client
 from config.keys import KeySpace, Scope
 from config.settings import Settings
-from tasks.connections import store_client
 from tasks.idempotency import IdempotencyStore, new_owner
 from tests.integration.conftest import Fleet
 from tests.integration.processes import SandboxProcess, clean_env, cli, wait_until

@@ -10,15 +10,15 @@ from pydantic import ValidationError
 from redis.sentinel import SentinelConnectionPool
 
 from config.celery_app import celery_config, result_backend_url
-from config.sentinel import SENTINEL_TIMEOUT_S, SentinelTarget, parse_sentinel_url
-from config.settings import Settings
-from tasks.connections import (
+from config.connections import (
     STORE_RETRIES,
     broker_is_redis,
     broker_redis_client,
     sentinel_manager,
     store_client,
 )
+from config.sentinel import SENTINEL_TIMEOUT_S, SentinelTarget, parse_sentinel_url
+from config.settings import Settings
 
 SECRET = "pw-Zq9/do-not-print"
 OURS = "redis+sentinel://app:pw-Zq9%2Fdo-not-print@s1:26380,s2,[::1]:26381/mymaster/3"
