@@ -76,7 +76,12 @@ class SentinelGroup:
     """Start with :meth:`start` (or ``with``); :meth:`stop` stops everything it started."""
 
     def __init__(
-        self, *, down_after_ms: int = 1000, replicas: int = 1, binary: str | None = None
+        self,
+        *,
+        down_after_ms: int = 1000,
+        replicas: int = 1,
+        appendonly: bool = False,
+        binary: str | None = None,
     ) -> None:
         found = binary or sentinel_binary()
         if found is None:
@@ -84,6 +89,7 @@ class SentinelGroup:
         self.binary = found
         self.down_after_ms = down_after_ms
         self.replicas = replicas
+        self.appendonly = appendonly
         self.directory = Path(tempfile.mkdtemp(prefix="clix-sentinel-"))
         #: the first primary, then its replicas
         self.servers: list[RedisServer] = []
@@ -93,7 +99,8 @@ class SentinelGroup:
         """Primary, replicas in sync with it, three sentinels (see :meth:`wait_until_watched`)."""
         try:
             for _ in range(1 + self.replicas):
-                self.servers.append(RedisServer(binary=self.binary, appendonly=False).start())
+                server = RedisServer(binary=self.binary, appendonly=self.appendonly)
+                self.servers.append(server.start())
             primary = self.servers[0].port
             for replica in self.servers[1:]:
                 _client(replica.port).replicaof("127.0.0.1", primary)
