@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tasks.idempotency import IdempotencyStore, new_owner
 from tests.integration.conftest import Fleet
 from tests.integration.processes import SandboxProcess, clean_env, cli, wait_until
 from tests.integration.sentinel import MASTER_NAME, SentinelGroup, sentinel_binary
-from tests.integration.test_lose_nothing import _write_triggers
+from tests.integration.test_lose_nothing import _accepted, _write_triggers
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +51,6 @@ def steady_group() -> Iterator[SentinelGroup]:
     group.wait_until_watched()
     yield group
     group.stop()
-
-
-def _accepted(sandbox: SandboxProcess, campaign: str) -> Counter[str]:
-    return Counter(
-        r["body"]["properties"]["key"] for r in sandbox.requests(campaign) if r["status"] == 200
-    )
 
 
 def test_primary_killed_mid_drain_delivers_every_trigger_with_duplicates_counted(
