@@ -147,8 +147,8 @@ def one_run(
                 worker.stop()
 
 
-def commit_rate(wait: bool, commits: int = 2000) -> float:
-    """Claims + commits per second from one thread, against a fresh Sentinel group."""
+def commit_cost(wait: bool, commits: int = 2000) -> tuple[float, float]:
+    """Claims + commits per second from one thread, and the commit's median in ms."""
     with SentinelGroup(replicas=REPLICAS) as group:
         settings = fleet_settings(clean_env(REDIS_URL=group.url()))
         store = IdempotencyStore(
@@ -158,12 +158,16 @@ def commit_rate(wait: bool, commits: int = 2000) -> float:
             ttl_s=600,
             commit_replicas=1 if wait else 0,
         )
+        commit_s: list[float] = []
         started = time.perf_counter()
         for number in range(commits):
             scope, owner = Scope("p", "c", f"k{number}"), new_owner("t")
             store.claim(scope, owner)
+            before = time.perf_counter()
             store.commit(scope, owner, f"trigger-{number}")
-        return commits / (time.perf_counter() - started)
+            commit_s.append(time.perf_counter() - before)
+        rate = commits / (time.perf_counter() - started)
+        return rate, statistics.median(commit_s) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for wait in (False, True):
             mode = "WAIT 1" if wait else "no WAIT"
-            print(f"{mode}: claim+commit {commit_rate(wait):.0f}/s (one thread, no Clix)")
+            rate, median_ms = commit_cost(wait)
+            print(f"{mode}: claim+commit {rate:.0f}/s, commit median {median_ms:.2f} ms (no Clix)")
             steady = one_run(workdir, sandbox, triggers=args.triggers, wait=wait, failover=False)
             print(f"{mode}: steady drain {steady['per_s']}/s ({args.triggers} triggers)")
             runs = []
