@@ -82,36 +82,6 @@ class RedactedRequest(CeleryRequest):  # type: ignore[misc]
     def argsrepr(self) -> str:
         return "()" if not self.args else f"<{len(self.args)} positional arguments>"
 
-    def acknowledge(self) -> None:
-        """Acknowledge the message, unless the connection it came over is gone.
-
-        After the broker connection was lost and replaced (a broker restart, a
-        Sentinel failover), a delivery that ends on the old connection cannot
-        settle its message: kombu's Redis transport raises ``AttributeError``
-        from the closed channel, which Celery takes for an unrecoverable error
-        and stops the whole worker. The outcome is in the ledger already; the
-        message comes back after the visibility timeout and is settled then.
-        """
-        try:
-            super().acknowledge()
-        except AttributeError:
-            if not self._connection_replaced():
-                raise
-
-    def _connection_replaced(self) -> bool:
-        """Whether the message's channel was closed with its lost connection (then: log it)."""
-        channel = self.message.channel
-        transport = getattr(channel, "connection", None)
-        if not getattr(channel, "closed", True) and getattr(transport, "client", None) is not None:
-            return False
-        logger.warning(
-            "task %s ended after its broker connection was replaced: its message returns "
-            "after the visibility timeout",
-            self.id,
-        )
-        self.acknowledged = True
-        return True
-
     def reject(self, requeue: bool = False) -> None:
         """Reject the message; on a Redis broker, requeue it at the head of its queue.
 
@@ -131,11 +101,7 @@ class RedactedRequest(CeleryRequest):  # type: ignore[misc]
             self.acknowledged = True
             self.send_event("task-rejected", requeue=True)
             return
-        try:
-            super().reject(requeue=requeue)
-        except AttributeError:
-            if not self._connection_replaced():
-                raise
+        super().reject(requeue=requeue)
 
     def _requeue_at_head(self) -> bool:
         """Move the message from the unacked hash to the head of its queue (Redis only)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from celery.worker.consumer import Consumer
@@ -22,7 +23,7 @@ from celery.worker.consumer import Consumer
 from tasks.context import current
 from tasks.dlq import DeadLetterQueue
 
-__all__ = ["DeadLetteringConsumer", "raw_text"]
+__all__ = ["DeadLetteringConsumer", "raw_text", "unless_connection_replaced"]
 
 logger = logging.getLogger("clix.consumer")
 
@@ -38,6 +39,36 @@ def raw_text(body: object) -> str:
         except UnicodeDecodeError:
             return "base64:" + base64.b64encode(data).decode("ascii")
     return repr(body)
+
+
+def unless_connection_replaced(settle: Callable[..., Any]) -> Callable[..., Any]:
+    """``settle`` (a message's ``ack_log_error``, ``reject_log_error``), unless its link is gone.
+
+    After the broker connection was lost and replaced (a broker restart, a
+    Sentinel failover), a delivery that ends on the old connection cannot settle
+    its message: kombu's Redis transport raises ``AttributeError`` from the
+    closed channel (``'NoneType' object has no attribute 'hostname'``) in the
+    event loop, which Celery takes for an unrecoverable error and stops the
+    whole worker. The delivery's outcome is in the ledger already; the message
+    comes back after the visibility timeout and is settled then.
+    """
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return settle(*args, **kwargs)
+        except AttributeError:
+            channel = getattr(getattr(settle, "__self__", None), "channel", None)
+            transport = getattr(channel, "connection", None)
+            replaced = getattr(channel, "closed", False) or getattr(transport, "client", 1) is None
+            if not replaced:
+                raise
+            logger.warning(
+                "a message of a broker connection since replaced could not be settled: "
+                "it returns after the visibility timeout"
+            )
+            return None
+
+    return run
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
@@ -68,6 +99,10 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
                 "the lost broker connection could not be closed cleanly; reconnecting anyway",
                 exc_info=True,
             )
+
+    def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
+        """Schedule a message's ack or reject (guarded: :func:`unless_connection_replaced`)."""
+        return super().call_soon_ack(unless_connection_replaced(p), *args, **kwargs)
 
     def _dead_letter_queue(self) -> DeadLetterQueue:
         # the main process's context: one Redis pool shared with the breaker watch
