@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         sandbox.stop()
+        print(f"logs of the workers and the sandbox: {workdir}")
     return 0
 
 
