@@ -353,6 +353,15 @@ class Settings(BaseSettings):
             ("REDIS_URL", self.redis_url, None),
             ("CELERY_BROKER_URL", self.broker_url, self.clix_broker_sentinel_master),
         ):
+            explicit = name == "REDIS_URL" or self.celery_broker_url is not None
+            if explicit and url.lower().startswith(("rediss+sentinel://", "sentinels://")):
+                # not refused silently: the URL would otherwise fail deep in a client
+                problems.append(
+                    f"{name}: TLS to a Sentinel-managed Redis is not supported yet; use "
+                    "redis+sentinel:// on a private network, or a TLS endpoint of the primary "
+                    "(rediss://) that your provider keeps pointing at the current primary"
+                )
+                continue
             try:
                 parse_sentinel_url(url, master)
             except ValueError as exc:

@@ -151,3 +151,14 @@ def test_sentinels_get_timeouts_of_their_own(make_settings: Callable[..., Settin
     assert [c.connection_pool.connection_kwargs["socket_timeout"] for c in manager.sentinels] == [
         SENTINEL_TIMEOUT_S
     ] * 3
+
+
+def test_tls_to_sentinel_is_refused_naming_the_setting(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make_settings(redis_url=f"rediss+sentinel://:{SECRET}@h1/main")
+    message = str(caught.value)
+    assert "REDIS_URL: TLS to a Sentinel-managed Redis is not supported" in message
+    assert "CELERY_BROKER_URL" not in message  # unset: it follows REDIS_URL, said once
+    assert SECRET not in message
