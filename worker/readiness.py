@@ -61,7 +61,8 @@ def connection_findings(settings: Settings) -> list[Finding]:
     """How the store is reached: TLS (and whether its certificate is verified), which user."""
     url = settings.redis_url
     if not uses_tls(url):
-        tls = Finding("redis_tls", True, "off (redis://): commands and password in plain text")
+        scheme = url.split("://", 1)[0] + "://"
+        tls = Finding("redis_tls", True, f"off ({scheme}): commands and password in plain text")
     elif settings.clix_redis_tls_verify:
         trust = (
             "CLIX_REDIS_TLS_CA_FILE"
