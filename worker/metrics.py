@@ -4,7 +4,7 @@
 port, for every pool (prefork, solo, threads). What it serves is the sum of
 every pool process's counters and histograms (prometheus_client's multiprocess
 mode) plus the gauges read from Redis at scrape time
-(:class:`tasks.metrics.RedisStateCollector`).
+(:class:`tasks.state_metrics.RedisStateCollector`).
 
 Multiprocess mode needs ``PROMETHEUS_MULTIPROC_DIR`` in every pool process
 before it builds a metric. The :class:`MetricsServer` bootstep arranges that in
@@ -41,7 +41,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from config.settings import ConfigurationError, Settings, get_settings
 from tasks import metrics as task_metrics
-from tasks.metrics import MULTIPROC_ENV, RedisStateCollector
+from tasks.metrics import MULTIPROC_ENV
+from tasks.state_metrics import RedisStateCollector
 
 __all__ = [
     "MetricsServer",

@@ -24,7 +24,7 @@ from kombu.exceptions import OperationalError
 from config.celery_app import celery_config
 from config.connections import store_client
 from config.redis_acl import acl_rules
-from tasks.metrics import RedisStateCollector
+from tasks.state_metrics import RedisStateCollector
 from tests.integration.conftest import Fleet, make_fleet
 from tests.integration.processes import SandboxProcess, clean_env, cli, cli_json, wait_until
 from tests.integration.tls_redis import (

@@ -37,12 +37,10 @@ from tasks.metrics import (
     MULTIPROC_ENV,
     OUTCOMES,
     STATUSES,
-    RedisStateCollector,
     TriggerMetrics,
-    kombu_queue_probe,
-    redis_queue_probe,
     status_of,
 )
+from tasks.state_metrics import RedisStateCollector, kombu_queue_probe, redis_queue_probe
 from tests.unit.conftest import PROJECT_ID
 from worker.metrics import build_registry, metrics_port, serve_metrics
 from worker.redis_server import free_port
