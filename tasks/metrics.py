@@ -9,7 +9,7 @@ The gauges a scrape reads from Redis (DLQ depth, breaker, queue depth) are in
 :mod:`tasks.state_metrics`: tasks never update them.
 
 Labels come from small fixed sets only (:data:`OUTCOMES`, :data:`DEAD_LETTER_REASONS`,
-:data:`STATUSES`, and :data:`tasks.state_metrics.BREAKER_REASONS`): any other value is counted as
+:data:`STATUSES`): any other value is counted as
 ``"other"``, so a campaign id, an idempotency key or a property value can never
 become a label, whatever a caller passes.
 
