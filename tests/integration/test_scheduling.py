@@ -67,15 +67,16 @@ def test_scheduled_triggers_are_sent_once_never_early_and_on_time_across_a_sigki
     late_s = sorted(first_sent[n] - due_s[n] for n in due_s)
     assert late_s[0] >= 0, f"sent {-late_s[0]:.3f} s early"
     # "on time" is measured, not asserted (the benchmark reports it); the bound
-    # here is generous, for a shared 2-core machine: what it catches is a trigger
-    # left behind until a retake or a reconciler sweep
+    # here is generous, for a shared 2-core machine: a message the killed worker
+    # had fetched comes back after the visibility timeout (20 s here), and what
+    # the bound catches is a trigger left behind beyond that
     on_time = sum(1 for late in late_s if late <= 1.0)
     print(
         f"\n{SCHEDULED} scheduled: p50 {late_s[len(late_s) // 2] * 1000:.0f} ms, "
         f"p99 {late_s[int(len(late_s) * 0.99) - 1] * 1000:.0f} ms, "
         f"max {late_s[-1] * 1000:.0f} ms late; {on_time} within 1 s"
     )
-    assert late_s[-1] <= 10.0
+    assert late_s[-1] <= 20 + 10
     assert schedule.depth() == 0
 
 
