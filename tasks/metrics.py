@@ -46,6 +46,7 @@ from config.settings import Settings
 from tasks.breaker import CircuitBreaker
 from tasks.dlq import REASONS as DEAD_LETTER_REASONS
 from tasks.errors import ClixError
+from tasks.indexes import total_members
 
 __all__ = [
     "BREAKER_REASONS",
@@ -327,7 +328,7 @@ class RedisStateCollector(Collector):
         """
 
         conn = store_client(settings, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=False)
-        keys = KeySpace(settings.clix_key_prefix)
+        keys = KeySpace.of(settings)
         breaker = None
         if settings.clix_project_id:
             breaker = CircuitBreaker(conn, keys.breaker(settings.clix_project_id))
@@ -352,7 +353,7 @@ class RedisStateCollector(Collector):
         """Yield the gauges of this scrape."""
         up = 1
         try:
-            depth = int(self.conn.zcard(self.keys.dlq_index))
+            depth = total_members(self.conn, [b.dlq_index for b in self.keys.buckets()])
             state = self.breaker.state() if self.breaker is not None else None
         except Exception as exc:  # noqa: BLE001 - a scrape reports Redis trouble, never raises
             logger.debug("metrics: could not read Redis: %s", type(exc).__name__)

@@ -26,6 +26,7 @@ agree on the time. The same stamp goes into the message header.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from typing import Any
 
 import redis
 
-from config.keys import KeySpace
+from config.keys import Bucket, KeySpace
+from tasks.indexes import scored_range, total_members
 
 __all__ = ["ENQUEUED_AT_HEADER", "RECORD_SCRIPT", "PendingLedger", "PendingTrigger"]
 
@@ -103,18 +105,23 @@ class PendingLedger:
         ``enqueued_at_ms`` is given or the ledger has a test clock. Returns 0
         when there was nothing to record (and sends nothing).
         """
-        keys, values = [], []
+        by_bucket: dict[Bucket, tuple[list[str], list[str]]] = {}
         for kwargs in triggers:
-            keys.append(self.keys.pending(kwargs["campaign_id"], kwargs["idempotency_key"]))
+            campaign, key = kwargs["campaign_id"], kwargs["idempotency_key"]
+            keys, values = by_bucket.setdefault(self.keys.bucket_for(campaign, key), ([], []))
+            keys.append(self.keys.pending(campaign, key))
             values.append(json.dumps(kwargs, separators=(",", ":")))
-        if not keys:
+        if not by_bucket:
             return 0
         if enqueued_at_ms is None and self._clock is not None:
             enqueued_at_ms = self.now_ms()
         stamp = "" if enqueued_at_ms is None else str(int(enqueued_at_ms))
-        return int(
-            self._record(keys=[*keys, self.keys.pending_index], args=[self.ttl_s, stamp, *values])
-        )
+        # one script per bucket (its keys share a slot); the first one's stamp is the batch's
+        for bucket, (keys, values) in by_bucket.items():
+            stamp = str(
+                self._record(keys=[*keys, bucket.pending_index], args=[self.ttl_s, stamp, *values])
+            )
+        return int(stamp)
 
     def get(self, key: str) -> PendingTrigger | None:
         """The record at ``key`` (an index member), or None."""
@@ -129,11 +136,14 @@ class PendingLedger:
         return bool(self.redis.exists(self.keys.pending(campaign_id, idempotency_key)))
 
     def older_than(self, cutoff_ms: int, limit: int) -> list[str]:
-        """Keys of up to ``limit`` records enqueued before ``cutoff_ms``, oldest first."""
-        members = self.redis.zrangebyscore(
-            self.keys.pending_index, "-inf", cutoff_ms, start=0, num=limit
-        )
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        """Keys of up to ``limit`` records enqueued before ``cutoff_ms``, oldest first.
+
+        Reads up to ``limit`` from every bucket's index and keeps the oldest.
+        """
+        found: list[tuple[float, str]] = []
+        for bucket in self.keys.buckets():
+            found += scored_range(self.redis, bucket.pending_index, "-inf", cutoff_ms, num=limit)
+        return [member for _, member in heapq.nsmallest(limit, found)]
 
     def requeued(self, record: PendingTrigger, enqueued_at_ms: int) -> None:
         """The reconciler published it again: restamp record and index, if still pending.
@@ -144,20 +154,23 @@ class PendingLedger:
         value = {"kwargs": record.kwargs, "enqueued_at_ms": enqueued_at_ms}
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(record.key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s, xx=True)
-        pipe.zadd(self.keys.pending_index, {record.key: enqueued_at_ms}, xx=True)
+        pipe.zadd(self._index(record.key), {record.key: enqueued_at_ms}, xx=True)
         pipe.execute()
 
     def postpone(self, key: str, now_ms: int) -> None:
         """Look at this record again one grace period from now (it is in flight)."""
-        self.redis.zadd(self.keys.pending_index, {key: now_ms}, xx=True)
+        self.redis.zadd(self._index(key), {key: now_ms}, xx=True)
 
     def forget(self, key: str) -> None:
         """Drop a record and its index entry (the trigger is done or dead)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(key)
-        pipe.zrem(self.keys.pending_index, key)
+        pipe.zrem(self._index(key), key)
         pipe.execute()
 
     def depth(self) -> int:
         """Number of pending triggers."""
-        return int(self.redis.zcard(self.keys.pending_index))
+        return total_members(self.redis, [b.pending_index for b in self.keys.buckets()])
+
+    def _index(self, key: str) -> str:
+        return self.keys.bucket_of_key(key).pending_index
