@@ -93,6 +93,8 @@ def _cluster(settings: Settings, url: str, **options: Any) -> redis.Redis:
         password=unquote(password) or None,
         ssl=url.lower().startswith("rediss+"),
         **tls_options(settings, url),
+        # built even when slots are missing, so `clix-worker check` can say which
+        require_full_coverage=False,
         **options,
     )
     # not a redis.Redis, but it serves every command the store uses (module docstring)
