@@ -22,6 +22,7 @@ from celery import Celery
 from tasks.connections import store_client
 
 from config.celery_app import app, celery_config
+from config.connections import store_client
 from config.keys import KeySpace, Scope
 from config.settings import Settings, is_cluster_url
 from tasks.dlq import DeadLetterQueue

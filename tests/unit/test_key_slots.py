@@ -16,6 +16,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from tasks.connections import cluster_nodes
 
 from config.celery_app import celery_config
+from config.connections import cluster_nodes
 from config.keys import KeySpace, Scope, bucket_tags
 from config.settings import Settings
 from tasks.breaker import CircuitBreaker, Outcome
