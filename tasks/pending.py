@@ -6,7 +6,8 @@ killed in between loses it), a broker Redis without AOF forgets its queues on
 restart, and a publish can fail after the application thought it enqueued. So
 every publish of ``trigger_campaign`` through this project's app first writes a
 pending record in the store's Redis (one round trip; the bulk path writes 500
-per round trip), then publishes (:mod:`tasks.publishing`). The worker
+per round trip, one per bucket of the key layout on a cluster), then
+publishes (:mod:`tasks.publishing`). The worker
 clears the record in the same atomic step that commits the trigger as done or
 dead-letters it (the ledger and DLQ scripts), so a trigger is always in exactly
 one of: pending, in flight, done, dead-lettered. The reconciler
@@ -15,8 +16,8 @@ one of: pending, in flight, done, dead-lettered. The reconciler
 Records are keyed by campaign and idempotency key, not by project: producers do
 not know the project id (Clix campaign ids are unique across projects). A
 record is a JSON string ``{"kwargs": ..., "enqueued_at_ms": ...}`` plus a member
-of the index sorted set scored by that time, and it expires with the
-idempotency TTL, never earlier.
+of its bucket's index sorted set (:mod:`config.keys`) scored by that time, and
+it expires with the idempotency TTL, never earlier.
 
 The enqueue time is the store's clock (Redis ``TIME``, read by the script that
 writes the record), never the producer's: the reconciler compares it with its
@@ -99,7 +100,7 @@ class PendingLedger:
         return int(seconds) * 1000 + int(micros) // 1000
 
     def record(self, triggers: Iterable[dict[str, Any]], enqueued_at_ms: int | None = None) -> int:
-        """Write pending records for trigger kwargs in one round trip; return their stamp.
+        """Write pending records for trigger kwargs (a round trip per bucket); return their stamp.
 
         The stamp is the store's time (read by the script itself) unless
         ``enqueued_at_ms`` is given or the ledger has a test clock. Returns 0
