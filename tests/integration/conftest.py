@@ -228,8 +228,9 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
         if os.environ.get("CI"):
             pytest.fail("CI must run the Redis Cluster tests: install redis-server and redis-cli")
         pytest.skip("Redis Cluster tests skipped: redis-server or redis-cli is not installed")
-    with RedisClusterServers(primaries=3) as cluster:
-        yield cluster
+    cluster = RedisClusterServers(primaries=3).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

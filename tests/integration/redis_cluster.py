@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from types import TracebackType
 
 import redis
 
@@ -105,14 +104,3 @@ class RedisClusterServers:
         """Stop every node and remove its files."""
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> RedisClusterServers:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

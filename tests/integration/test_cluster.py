@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import redis
 from tests.integration.conftest import Fleet
 from tests.integration.processes import SandboxProcess, cli, cli_json, wait_until
 from tests.integration.redis_cluster import RedisClusterServers
+from tests.integration.test_lose_nothing import _accepted, _write_triggers
 
 pytestmark = pytest.mark.integration
 
@@ -38,21 +38,6 @@ def cluster_fleet(
         return fleet
 
     return build
-
-
-def _write(path: Path, campaign: str, keys: list[str]) -> Path:
-    lines = [
-        json.dumps({"campaign_id": campaign, "idempotency_key": k, "properties": {"key": k}})
-        for k in keys
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _accepted(sandbox: SandboxProcess, campaign: str) -> Counter[str]:
-    return Counter(
-        r["body"]["properties"]["key"] for r in sandbox.requests(campaign) if r["status"] == 200
-    )
 
 
 def _enqueue(fleet: Fleet, path: Path) -> None:
@@ -77,15 +62,16 @@ def test_cluster_store_delivers_once_dedupes_retries_and_dead_letters(
 ) -> None:
     fleet = cluster_fleet()
     fleet.start_worker(concurrency=4)
-    keys = [f"k{i}" for i in range(150)]
-    triggers = _write(tmp_path / "t.jsonl", campaign, keys)
-    _enqueue(fleet, triggers)
-    _enqueue(fleet, triggers)  # every key a second time: deduplicated
+    keys = _write_triggers(tmp_path / "t.jsonl", campaign, 150)
+    _enqueue(fleet, tmp_path / "t.jsonl")
+    _enqueue(fleet, tmp_path / "t.jsonl")  # every key a second time: deduplicated
     flaky, rejected = f"{campaign}-flaky", f"{campaign}-bad"
     sandbox.script(flaky, {"status": 503})
     sandbox.script(rejected, {"status": 400, "body": {"error": "scripted 400"}})
-    _enqueue(fleet, _write(tmp_path / "f.jsonl", flaky, ["f1"]))
-    _enqueue(fleet, _write(tmp_path / "b.jsonl", rejected, ["b1"]))
+    _write_triggers(tmp_path / "f.jsonl", flaky, 1)
+    _write_triggers(tmp_path / "b.jsonl", rejected, 1)
+    _enqueue(fleet, tmp_path / "f.jsonl")
+    _enqueue(fleet, tmp_path / "b.jsonl")
 
     def delivered() -> bool:
         return len(_accepted(sandbox, campaign)) == len(keys) and bool(_accepted(sandbox, flaky))
@@ -109,7 +95,7 @@ def test_cluster_store_delivers_once_dedupes_retries_and_dead_letters(
         400,
     )
     assert cli_json(fleet.env, "status", campaign, "k7")["state"] == "done"
-    assert cli_json(fleet.env, "status", rejected, "b1")["state"] == "dead_lettered"
+    assert cli_json(fleet.env, "status", rejected, "k0")["state"] == "dead_lettered"
     assert fleet.redis().zcard(fleet.keys.bucket_for(campaign, "k7").pending_index) == 0
     assert _nodes_holding(redis_cluster, fleet.prefix) > 1
 
@@ -124,8 +110,8 @@ def test_cluster_store_loses_nothing_when_a_worker_is_sigkilled_mid_drain(
     fleet = cluster_fleet(
         clix=sandbox, CLIX_VISIBILITY_TIMEOUT_S="10", CLIX_UNACKED_RESTORE_INTERVAL_S="1"
     )
-    keys = [f"k{i}" for i in range(300)]
-    _enqueue(fleet, _write(tmp_path / "t.jsonl", campaign, keys))
+    keys = _write_triggers(tmp_path / "t.jsonl", campaign, 300)
+    _enqueue(fleet, tmp_path / "t.jsonl")
     victim = fleet.start_worker(concurrency=4)
     wait_until(lambda: len(_accepted(sandbox, campaign)) >= 20, 60, "the drain to start")
     victim.kill()
