@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from tasks.connections import store_client
 
 from config.celery_app import app, celery_config
 from config.connections import store_client

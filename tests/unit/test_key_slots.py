@@ -13,7 +13,6 @@ from typing import Any
 import fakeredis
 import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from tasks.connections import cluster_nodes
 
 from config.celery_app import celery_config
 from config.connections import cluster_nodes
