@@ -180,8 +180,13 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
     return config
 
 
-def result_backend_url(settings: Settings) -> str:
-    """Celery's result backend: the store's Redis (in Celery's Sentinel form behind Sentinel)."""
+def result_backend_url(settings: Settings) -> str | None:
+    """Celery's result backend: the store's Redis (in Celery's Sentinel form behind Sentinel).
+
+    None (no results) on a Redis Cluster store: Celery's Redis backend cannot use one.
+    """
+    if settings.store_is_cluster:
+        return None
     target = settings.store_sentinel
     return settings.redis_url if target is None else target.kombu_url()
 

@@ -21,6 +21,13 @@ dropped connection like any other: the retry below repeats the command at the
 new primary, and a failover longer than that budget fails the call and the
 delivery routes it (requeue, or the commit's own retry while its lease lasts).
 
+A store URL ``redis+cluster://[user:password@]host:port[,host:port...][/0]``
+(``rediss+cluster://`` with TLS) makes a :class:`redis.cluster.RedisCluster`
+client: the hosts are startup nodes, the client discovers the rest and
+follows ``MOVED``/``ASK``. It serves the commands the store uses (scripts whose
+keys share a slot, see :mod:`config.keys`), so it is handed around as a
+``redis.Redis``. The broker is never a cluster (:mod:`config.settings` refuses it).
+
 The store's retry policy lives here too: after a dropped connection a command
 is repeated on a fresh connection a few times within about a second. Every
 script the store runs is safe to repeat (owner-keyed, see
@@ -30,16 +37,18 @@ the delivery routes the error (:mod:`tasks.errors`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from config.redis_tls import tls_options
 from config.sentinel import SentinelTarget, parse_sentinel_url, sentinel_kwargs
-from config.settings import Settings
+from config.settings import Settings, is_cluster_url
 
 __all__ = [
     "STORE_MAX_CONNECTIONS",
@@ -47,6 +56,7 @@ __all__ = [
     "STORE_RETRY_CAP_S",
     "broker_is_redis",
     "broker_redis_client",
+    "cluster_nodes",
     "sentinel_manager",
     "store_client",
 ]
@@ -61,7 +71,39 @@ STORE_RETRY_CAP_S = 0.5
 STORE_MAX_CONNECTIONS = 1024
 
 
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The startup nodes of a cluster URL, in order."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for part in netloc.split(","):
+        host, _, port = part.strip().rpartition(":")
+        nodes.append((host.strip("[]"), int(port or 6379)))
+    return nodes
+
+
+def _cluster(settings: Settings, url: str, **options: Any) -> redis.Redis:
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has database 0 only: end REDIS_URL in /0 or nothing")
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],  # type: ignore[no-untyped-call]
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        ssl=url.lower().startswith("rediss+"),
+        **tls_options(settings, url),
+        # built even when slots are missing, so `clix-worker check` can say which
+        require_full_coverage=False,
+        **options,
+    )
+    # not a redis.Redis, but it serves every command the store uses (module docstring)
+    return cast(redis.Redis, client)
+
+
 def _client(settings: Settings, url: str, **options: Any) -> redis.Redis:
+    if is_cluster_url(url):
+        return _cluster(settings, url, **options)
     sentinel = parse_sentinel_url(url, settings.clix_broker_sentinel_master)
     if sentinel is None:
         return redis.Redis.from_url(url, **tls_options(settings, url), **options)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["TLS_SCHEMES", "tls_options", "tls_problems", "uses_tls"]
 
 #: URL schemes that mean "Redis over TLS".
-TLS_SCHEMES = ("rediss",)
+TLS_SCHEMES = ("rediss", "rediss+cluster")
 
 
 def uses_tls(url: str) -> bool:

@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from config.redis_tls import tls_problems
 from config.sentinel import KOMBU_SCHEME, SentinelTarget, parse_sentinel_url
 
-__all__ = ["ConfigurationError", "Settings", "get_settings"]
+__all__ = ["ConfigurationError", "Settings", "get_settings", "is_cluster_url"]
 
 DEFAULT_BASE_URL = "https://api.clix.so"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -51,6 +51,15 @@ class ConfigurationError(ValueError):
 
     The message names the environment variable to fix.
     """
+
+
+#: Buckets of the key layout on a Redis Cluster unless ``CLIX_KEY_SLOTS`` says otherwise.
+DEFAULT_CLUSTER_KEY_SLOTS = 16
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+    return url.split("://", 1)[0].lower() in ("redis+cluster", "rediss+cluster")
 
 
 def _is_loopback(host: str) -> bool:
@@ -212,6 +221,13 @@ class Settings(BaseSettings):
         65_536, ge=1024, description="Undecodable message bodies are kept in the DLQ up to this."
     )
     clix_key_prefix: str = Field("clix", min_length=1, description="Namespace of Redis keys.")
+    clix_key_slots: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Buckets of the key layout (config.keys): default 1, 16 on a Redis Cluster; "
+        "fixed for the life of the store's data.",
+    )
     clix_result_ttl_s: int = Field(
         3_600,
         ge=60,
@@ -332,6 +348,7 @@ class Settings(BaseSettings):
                 f"longest single waits ({self.max_renewal_gap_s:g} s), or a live delivery "
                 "loses its claim between two renewals"
             )
+        problems += self._cluster_contradictions()
         if self.clix_idempotency_ttl_s <= self.retry_horizon_s:
             problems.append(
                 f"CLIX_IDEMPOTENCY_TTL_S={self.clix_idempotency_ttl_s} must outlast the retry "
@@ -368,6 +385,21 @@ class Settings(BaseSettings):
                 problems.append(f"{name}: {exc}")
         return problems
 
+    def _cluster_contradictions(self) -> list[str]:
+        problems = []
+        if is_cluster_url(self.broker_url):
+            problems.append(
+                "CELERY_BROKER_URL is a Redis Cluster (or unset, so REDIS_URL is used): Celery's "
+                "broker must be RabbitMQ (amqp://) or a plain Redis (redis://); set "
+                "CELERY_BROKER_URL to one"
+            )
+        if self.store_is_cluster and self.key_slots == 1:
+            problems.append(
+                "CLIX_KEY_SLOTS=1 keeps keys untagged, which a Redis Cluster store cannot run "
+                "(CROSSSLOT): leave it unset (16) or set 2 or more"
+            )
+        return problems
+
     # --- derived values ------------------------------------------------------
     @property
     def broker_url(self) -> str:
@@ -383,6 +415,18 @@ class Settings(BaseSettings):
     def broker_sentinel(self) -> SentinelTarget | None:
         """The Sentinel-managed Redis broker (either URL form), else None."""
         return parse_sentinel_url(self.broker_url, self.clix_broker_sentinel_master)
+
+    @property
+    def store_is_cluster(self) -> bool:
+        """Whether the store is a Redis Cluster (``redis+cluster://``)."""
+        return is_cluster_url(self.redis_url)
+
+    @property
+    def key_slots(self) -> int:
+        """Buckets of the key layout: ``CLIX_KEY_SLOTS``, else 16 on a cluster, else 1."""
+        if self.clix_key_slots is not None:
+            return self.clix_key_slots
+        return DEFAULT_CLUSTER_KEY_SLOTS if self.store_is_cluster else 1
 
     @property
     def max_renewal_gap_s(self) -> float:

@@ -281,16 +281,15 @@ class CircuitBreaker:
 
     def state(self) -> BreakerState:
         """Current state, without side effects."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.state_key)
-        pipe.time()
-        raw, (seconds, micros) = pipe.execute()
+        raw = self.redis.hgetall(self.state_key)
         fields = {as_text(k): as_text(v) for k, v in raw.items()}
         if not fields.get("state"):
             return BreakerState("closed")
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        if self._redis_clock is not None:
-            now_ms = self._now_ms()
+        # the store's clock, asked only for an open breaker (a cluster pipeline refuses TIME)
+        now_ms = self._now_ms()
+        if self._redis_clock is None:
+            seconds, micros = self.redis.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
         probe_at = int(fields.get("probe_at", now_ms))
         return BreakerState(
             "open" if now_ms < probe_at else "half_open",

@@ -28,7 +28,8 @@ from config.keys import KeySpace, Scope, as_text
 __all__ = ["CANCEL_SCRIPT", "CancelOutcome", "Canceller", "cancel_trigger"]
 
 # KEYS: scheduled record, schedule, pending record, pending index, cancelled
-# marker, then (lease, done, dead) per project.  ARGV: ttl_s.
+# marker, then (lease, done, dead) per project: one slot, the trigger's bucket
+# (config.keys).  ARGV: ttl_s.
 # Returns {outcome, was}: outcome cancelled (was: scheduled / queued),
 # already_cancelled, in_flight, done, dead_lettered or unknown.
 CANCEL_SCRIPT = """
@@ -106,11 +107,12 @@ class Canceller:
     ) -> CancelOutcome:
         """Cancel unless a delivery of ``projects`` (default: the fleet's) holds the key."""
         candidates = list(projects) or self.fleet_projects()
+        bucket = self.keys.bucket_for(campaign_id, idempotency_key)
         keys = [
             self.keys.scheduled(campaign_id, idempotency_key),
-            self.keys.schedule,
+            bucket.schedule,
             self.keys.pending(campaign_id, idempotency_key),
-            self.keys.pending_index,
+            bucket.pending_index,
             self.keys.cancelled(campaign_id, idempotency_key),
         ]
         for project in candidates:
@@ -133,8 +135,6 @@ def cancel_trigger(
 
     settings = app_settings(app)
     conn = context.producer_ledger(settings).redis
-    canceller = Canceller(
-        conn, KeySpace(settings.clix_key_prefix), ttl_s=settings.clix_idempotency_ttl_s
-    )
+    canceller = Canceller(conn, KeySpace.of(settings), ttl_s=settings.clix_idempotency_ttl_s)
     project = project_id or settings.clix_project_id
     return canceller.cancel(campaign_id, idempotency_key, [project] if project else [])

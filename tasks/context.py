@@ -76,7 +76,7 @@ class WorkerContext:
     ) -> WorkerContext:
         """Wire the store, DLQ and Clix client; arguments replace the real clients in tests."""
         conn = redis_conn if redis_conn is not None else redis_client(settings)
-        keys = KeySpace(settings.clix_key_prefix)
+        keys = KeySpace.of(settings)
         project_id, _ = settings.require_credentials()
         return cls(
             settings=settings,
@@ -122,7 +122,7 @@ def producer_ledger(settings: Settings) -> PendingLedger:
         if ledger is None:
             ledger = PendingLedger(
                 redis_client(settings),
-                KeySpace(settings.clix_key_prefix),
+                KeySpace.of(settings),
                 ttl_s=settings.clix_idempotency_ttl_s,
             )
             _producer_ledgers[key] = ledger
@@ -139,7 +139,7 @@ def idempotency_store(settings: Settings, conn: redis.Redis) -> IdempotencyStore
     """The ledger on ``conn`` (``CLIX_LEASE_S``, ``CLIX_IDEMPOTENCY_TTL_S``)."""
     return IdempotencyStore(
         conn,
-        KeySpace(settings.clix_key_prefix),
+        KeySpace.of(settings),
         lease_ms=int(settings.clix_lease_s * 1000),
         ttl_s=settings.clix_idempotency_ttl_s,
         commit_replicas=settings.clix_redis_commit_replicas,
@@ -151,7 +151,7 @@ def dead_letter_queue(settings: Settings, conn: redis.Redis) -> DeadLetterQueue:
     """The dead-letter queue on ``conn``."""
     return DeadLetterQueue(
         conn,
-        KeySpace(settings.clix_key_prefix),
+        KeySpace.of(settings),
         ttl_s=settings.clix_idempotency_ttl_s,
         raw_max_bytes=settings.clix_dlq_raw_max_bytes,
     )
@@ -161,7 +161,7 @@ def rate_limiter(settings: Settings, conn: redis.Redis, project_id: str) -> Rate
     """The project's fleet-wide limiter (``CLIX_RATE_LIMIT_PER_S``)."""
     return RateLimiter(
         conn,
-        KeySpace(settings.clix_key_prefix).ratelimit(project_id),
+        KeySpace.of(settings).ratelimit(project_id),
         rate_per_s=settings.clix_rate_limit_per_s,
         burst=settings.rate_limit_burst,
         max_wait_s=settings.clix_rate_limit_max_wait_s,
@@ -171,7 +171,7 @@ def rate_limiter(settings: Settings, conn: redis.Redis, project_id: str) -> Rate
 
 def circuit_breaker(settings: Settings, conn: redis.Redis, project_id: str) -> CircuitBreaker:
     """The project's fleet-wide circuit breaker."""
-    keys = KeySpace(settings.clix_key_prefix)
+    keys = KeySpace.of(settings)
     return CircuitBreaker(
         conn,
         keys.breaker(project_id),

@@ -2,7 +2,9 @@
 
 Entries live in the store's Redis (durable when Redis runs with AOF): a hash of
 entry JSON by id and a sorted set of ids by failure time, so listing is oldest
-first and a time window is one ``ZRANGEBYSCORE``. An entry holds the original
+first and a time window is one ``ZRANGEBYSCORE``; one pair per bucket of the
+key layout (:mod:`config.keys`: an entry lives with its trigger's keys, so
+dead-lettering stays one step on a Redis Cluster), which listing merges. An entry holds the original
 task kwargs (enough to replay unchanged), the reason, the error, the last HTTP
 status, the attempt count and times. A message that never decoded keeps its
 ``raw`` body instead (capped at ``raw_max_bytes``) and cannot be replayed.
@@ -40,6 +42,7 @@ Reasons: ``invalid_payload``, ``rejected``, ``retries_exhausted``,
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,7 +51,7 @@ from typing import Any
 
 import redis
 
-from config.keys import KeySpace, Scope, as_text
+from config.keys import Bucket, KeySpace, Scope, as_text
 from tasks.dlq_entry import (
     RAW_MAX_BYTES,
     REASONS,
@@ -66,6 +69,7 @@ from tasks.dlq_scripts import (
 )
 from tasks.dlq_selection import DlqStats, Selection, count_entries
 from tasks.errors import ReplayRefused
+from tasks.indexes import scored_range, total_members
 
 __all__ = [
     "RAW_MAX_BYTES",
@@ -137,7 +141,7 @@ class DeadLetterQueue:
         A ``raw`` body longer than ``raw_max_bytes`` (UTF-8) is cut there; the
         entry then says ``raw_truncated`` and the full size in ``raw_bytes``.
         """
-        return build_entry(
+        entry = build_entry(
             now=self._clock(),
             raw_max_bytes=self.raw_max_bytes,
             reason=reason,
@@ -150,6 +154,15 @@ class DeadLetterQueue:
             task_id=task_id,
             raw=raw,
         )
+        entry["id"] = self.keys.entry_id(entry["id"], self._bucket(entry))
+        return entry
+
+    def _bucket(self, entry: dict[str, Any]) -> Bucket:
+        """The bucket of an entry: its trigger's, when its campaign and key are known."""
+        campaign, key = entry.get("campaign_id"), entry.get("idempotency_key")
+        if isinstance(campaign, str) and isinstance(key, str):
+            return self.keys.bucket_for(campaign, key)
+        return self.keys.bucket(0)
 
     def add(self, entry: dict[str, Any], *, scope: Scope | None = None, owner: str = "") -> str:
         """Store ``entry``; return its id.
@@ -163,22 +176,23 @@ class DeadLetterQueue:
         """
         encoded = json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
         score = int(entry["id"].split("-", 1)[0])
+        bucket = self._bucket(entry)
         if scope is not None:
             self._scoped(
-                keys=[self.keys.dlq_entries, self.keys.dlq_index, *self.keys.scope_keys(scope)],
+                keys=[bucket.dlq_entries, bucket.dlq_index, *self.keys.scope_keys(scope)],
                 args=[entry["id"], encoded, score, owner, self.ttl_s],
             )
             return str(entry["id"])
-        keys = [self.keys.dlq_entries, self.keys.dlq_index, self.keys.dlq_unscoped]
+        keys = [bucket.dlq_entries, bucket.dlq_index, bucket.dlq_unscoped]
         campaign, key = entry.get("campaign_id"), entry.get("idempotency_key")
         if isinstance(campaign, str) and isinstance(key, str):
-            keys += [self.keys.pending(campaign, key), self.keys.pending_index]
+            keys += [self.keys.pending(campaign, key), bucket.pending_index]
         stored = self._unscoped(keys=keys, args=[entry["id"], encoded, score, fingerprint(entry)])
         return as_text(stored)
 
     def depth(self) -> int:
         """Number of entries."""
-        return int(self.redis.zcard(self.keys.dlq_index))
+        return total_members(self.redis, [b.dlq_index for b in self.keys.buckets()])
 
     def ids(self, selection: Selection | None = None, limit: int | None = None) -> list[str]:
         """Ids of the selected entries, oldest first (every entry without a selection)."""
@@ -186,23 +200,32 @@ class DeadLetterQueue:
         if selection.reads_entries:
             return [str(e["id"]) for e in self.scan(selection, limit)]
         low, high = selection.score_bounds()
-        if limit is None:
-            found = self.redis.zrangebyscore(self.keys.dlq_index, low, high)
-        else:
-            found = self.redis.zrangebyscore(self.keys.dlq_index, low, high, start=0, num=limit)
-        return [as_text(i) for i in found]
+        found: list[tuple[float, str]] = []
+        for bucket in self.keys.buckets():
+            found += scored_range(self.redis, bucket.dlq_index, low, high, num=limit)
+        found.sort()
+        return [i for _, i in (found if limit is None else found[:limit])]
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         """One entry, or ``None``."""
-        raw = self.redis.hget(self.keys.dlq_entries, entry_id)
+        raw = self.redis.hget(self.keys.bucket_of_entry(entry_id).dlq_entries, entry_id)
         return None if raw is None else dict(json.loads(raw))
 
     def get_many(self, entry_ids: list[str]) -> Iterator[dict[str, Any] | None]:
         """The entries of ``entry_ids`` in order (``None`` for one not there), a page at a time."""
         for start in range(0, len(entry_ids), PAGE):
-            page = entry_ids[start : start + PAGE]
-            for raw in self.redis.hmget(self.keys.dlq_entries, page):
+            pipe = self.redis.pipeline(transaction=False)
+            for entry_id in entry_ids[start : start + PAGE]:
+                pipe.hget(self.keys.bucket_of_entry(entry_id).dlq_entries, entry_id)
+            for raw in pipe.execute():
                 yield None if raw is None else dict(json.loads(raw))
+
+    def present(self, entry_ids: Iterable[str]) -> list[bool]:
+        """Whether each of ``entry_ids`` is in the DLQ (one pipelined round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.hexists(self.keys.bucket_of_entry(entry_id).dlq_entries, entry_id)
+        return [bool(found) for found in pipe.execute()]
 
     def entries(
         self, selection: Selection | None = None, limit: int | None = None
@@ -220,29 +243,40 @@ class DeadLetterQueue:
         entries shown are read.
         """
         selection = selection or Selection()
-        low, high = selection.score_bounds()
         page = PAGE if limit is None or selection.reads_entries else min(PAGE, limit)
-        offset = found = 0
-        while limit is None or found < limit:
-            ids = [
-                as_text(i)
-                for i in self.redis.zrangebyscore(
-                    self.keys.dlq_index, low, high, start=offset, num=page
-                )
-            ]
-            if not ids:
+        # each bucket's entries come oldest first: merged, so are all of them
+        merged = heapq.merge(
+            *(self._scan_bucket(b, selection, page) for b in self.keys.buckets()),
+            key=lambda scored: scored[0],
+        )
+        if limit is not None and limit <= 0:
+            return
+        for found, (_, entry) in enumerate(merged, start=1):
+            yield entry
+            if limit is not None and found >= limit:
                 return
-            offset += len(ids)
-            for raw in self.redis.hmget(self.keys.dlq_entries, ids):
+
+    def _scan_bucket(
+        self, bucket: Bucket, selection: Selection, page: int
+    ) -> Iterator[tuple[float, dict[str, Any]]]:
+        """One bucket's selected entries with their scores, oldest first, a page at a time."""
+        low, high = selection.score_bounds()
+        offset = 0
+        while True:
+            scored = scored_range(self.redis, bucket.dlq_index, low, high, start=offset, num=page)
+            if not scored:
+                return
+            offset += len(scored)
+            ids = [entry_id for _, entry_id in scored]
+            for (score, _), raw in zip(
+                scored, self.redis.hmget(bucket.dlq_entries, ids), strict=True
+            ):
                 if raw is None:  # removed since the index was read
                     continue
                 entry = dict(json.loads(raw))
                 if selection.matches(entry):
-                    yield entry
-                    found += 1
-                    if limit is not None and found >= limit:
-                        return
-            if len(ids) < page:
+                    yield float(score), entry
+            if len(scored) < page:
                 return
 
     def stats(self, selection: Selection | None = None) -> DlqStats:
@@ -281,7 +315,7 @@ class DeadLetterQueue:
             if scope is not None and step[1]:  # we cleared the mark: put it back
                 pttl_ms = int(step[2]) if int(step[2]) > 0 else self.ttl_s * 1000
                 self._abort(
-                    keys=[*self.keys.scope_keys(scope)[:4], self.keys.dlq_replaying],
+                    keys=[*self.keys.scope_keys(scope)[:4], self._bucket(entry).dlq_replaying],
                     args=[entry_id, pttl_ms, step[1]],
                 )
             raise
@@ -301,16 +335,17 @@ class DeadLetterQueue:
         return removed
 
     def _begin_replay(self, entry: dict[str, Any], scope: Scope | None) -> list[str]:
+        bucket = self._bucket(entry)
         if scope is not None:
             keys = self.keys.scope_keys(scope)
             reply = self._begin(
-                keys=[self.keys.dlq_entries, *keys[:5], self.keys.dlq_replaying],
+                keys=[bucket.dlq_entries, *keys[:5], bucket.dlq_replaying],
                 args=[entry["id"]],
             )
             return [as_text(part) for part in reply]
         # no project: no ledger state to consult, only the pending record
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hexists(self.keys.dlq_entries, entry["id"])
+        pipe.hexists(bucket.dlq_entries, entry["id"])
         campaign, key = entry.get("campaign_id"), entry.get("idempotency_key")
         if isinstance(campaign, str) and isinstance(key, str):
             pipe.exists(self.keys.pending(campaign, key))
@@ -320,12 +355,8 @@ class DeadLetterQueue:
         return ["queued"] if pending and pending[0] else ["publish", "", ""]
 
     def _remove_entry(self, entry: dict[str, Any], *, clear_mark: bool = False) -> bool:
-        keys = [
-            self.keys.dlq_entries,
-            self.keys.dlq_index,
-            self.keys.dlq_unscoped,
-            self.keys.dlq_replaying,
-        ]
+        bucket = self._bucket(entry)
+        keys = [bucket.dlq_entries, bucket.dlq_index, bucket.dlq_unscoped, bucket.dlq_replaying]
         scope = scope_of(entry)
         if clear_mark and scope is not None:
             keys.append(self.keys.dead(scope))

@@ -169,7 +169,9 @@ class IdempotencyStore:
 
         ``CLAIMED`` also registers the first attempt (the caller sends next)
         and reserves its rate-limit ``slot`` when given, unless ``deliveries``
-        exceeds ``redelivery_limit``.
+        exceeds ``redelivery_limit``. A tagged layout (Redis Cluster) keeps the
+        limiter in another slot: the slot is not reserved (``slot_wait_us`` is
+        None) and the caller reserves it itself.
         """
         task_id = owner.rpartition("|")[0] or owner
         keys = self.keys.scope_keys(scope) + self.keys.hold_keys(scope)
@@ -181,7 +183,7 @@ class IdempotencyStore:
             task_id,
             redelivery_limit,
         ]
-        if slot is not None:
+        if slot is not None and self.keys.claim_reserves_slot:
             keys.append(slot.key)
             args += [slot.interval_us, slot.tolerance_us, slot.max_wait_us, slot.now_us]
         reply: list[Any] = self._claim(keys=keys, args=args)

@@ -17,7 +17,8 @@ from tasks.ratelimit import GCRA_RESERVE_LUA
 __all__ = ["CLAIM", "COMMIT", "EXTEND", "NOT_SENT", "RELEASE", "RENEW"]
 
 # KEYS: lease, done, dead, meta, pending, pending index, scheduled record,
-#       cancelled marker[, rate-limit TAT]
+#       cancelled marker (one slot: the trigger's bucket, config.keys)
+#       [, rate-limit TAT: untagged layouts only, where one slot is not needed]
 # ARGV: owner, lease_ms, ttl_s, now_s, task_id, limit
 #       [, interval_us, tolerance_us, max_wait_us, now_us]
 # A successful claim also registers the first attempt (sending=1, attempts+1)
@@ -133,8 +134,10 @@ return 1
 # is added here). The counters of its deliveries served the running delivery
 # and go. With
 # a Celery result key, the task's result is written (and published, as Celery's
-# Redis backend does) in the same step. 1: committed (also when this very
-# commit already landed); 0: another delivery holds the scope or committed first.
+# Redis backend does) in the same step: on a plain Redis store only, the one key
+# of a script outside its slot (a cluster store keeps no Celery results).
+# 1: committed (also when this very commit already landed); 0: another delivery
+# holds the scope or committed first.
 COMMIT = (
     HISTORY_APPEND_LUA
     + """

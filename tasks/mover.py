@@ -5,12 +5,13 @@ Every worker's main process runs one (:mod:`worker.scheduling`) and calls
 when it is near, else after ``CLIX_SCHEDULE_TICK_S`` (default 0.5 s), never
 sooner than ``MIN_PAUSE_S``. A trigger is taken at its due time when it was
 scheduled at least one tick ahead, at most one tick late otherwise; an idle
-fleet costs the store two small scripts per second per worker. Movers need no leader: each
+fleet costs the store two small scripts per second per worker and bucket of the
+key layout (one bucket on a plain Redis, see :mod:`config.keys`). Movers need no leader: each
 take (:meth:`tasks.schedule.ScheduleStore.take`) is atomic and leases the
 records it returns, so workers share the due triggers and a killed worker's
 share is taken again by the others after ``retake_ms``.
 
-One tick is bounded: at most ``max_batches`` takes of ``batch`` records (100,000
+One tick is bounded: at most ``max_batches`` takes of ``batch`` records per bucket (100,000
 triggers due at once are moved a few thousand per tick, oldest first, by every
 worker), and it never scans the keyspace.
 """
@@ -89,7 +90,7 @@ class Mover:
             if not due:
                 break
             self._publish_all(now_ms, due, report)
-            if len(due) < self.batch:
+            if not self.schedule.full:
                 break
         return report
 

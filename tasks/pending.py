@@ -6,7 +6,8 @@ killed in between loses it), a broker Redis without AOF forgets its queues on
 restart, and a publish can fail after the application thought it enqueued. So
 every publish of ``trigger_campaign`` through this project's app first writes a
 pending record in the store's Redis (one round trip; the bulk path writes 500
-per round trip), then publishes (:mod:`tasks.publishing`). The worker
+per round trip, one per bucket of the key layout on a cluster), then
+publishes (:mod:`tasks.publishing`). The worker
 clears the record in the same atomic step that commits the trigger as done or
 dead-letters it (the ledger and DLQ scripts), so a trigger is always in exactly
 one of: pending, in flight, done, dead-lettered. The reconciler
@@ -15,8 +16,8 @@ one of: pending, in flight, done, dead-lettered. The reconciler
 Records are keyed by campaign and idempotency key, not by project: producers do
 not know the project id (Clix campaign ids are unique across projects). A
 record is a JSON string ``{"kwargs": ..., "enqueued_at_ms": ...}`` plus a member
-of the index sorted set scored by that time, and it expires with the
-idempotency TTL, never earlier.
+of its bucket's index sorted set (:mod:`config.keys`) scored by that time, and
+it expires with the idempotency TTL, never earlier.
 
 The enqueue time is the store's clock (Redis ``TIME``, read by the script that
 writes the record), never the producer's: the reconciler compares it with its
@@ -26,6 +27,7 @@ agree on the time. The same stamp goes into the message header.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +35,8 @@ from typing import Any
 
 import redis
 
-from config.keys import KeySpace
+from config.keys import Bucket, KeySpace
+from tasks.indexes import scored_range, total_members
 
 __all__ = ["ENQUEUED_AT_HEADER", "RECORD_SCRIPT", "PendingLedger", "PendingTrigger"]
 
@@ -97,24 +100,29 @@ class PendingLedger:
         return int(seconds) * 1000 + int(micros) // 1000
 
     def record(self, triggers: Iterable[dict[str, Any]], enqueued_at_ms: int | None = None) -> int:
-        """Write pending records for trigger kwargs in one round trip; return their stamp.
+        """Write pending records for trigger kwargs (a round trip per bucket); return their stamp.
 
         The stamp is the store's time (read by the script itself) unless
         ``enqueued_at_ms`` is given or the ledger has a test clock. Returns 0
         when there was nothing to record (and sends nothing).
         """
-        keys, values = [], []
+        by_bucket: dict[Bucket, tuple[list[str], list[str]]] = {}
         for kwargs in triggers:
-            keys.append(self.keys.pending(kwargs["campaign_id"], kwargs["idempotency_key"]))
+            campaign, key = kwargs["campaign_id"], kwargs["idempotency_key"]
+            keys, values = by_bucket.setdefault(self.keys.bucket_for(campaign, key), ([], []))
+            keys.append(self.keys.pending(campaign, key))
             values.append(json.dumps(kwargs, separators=(",", ":")))
-        if not keys:
+        if not by_bucket:
             return 0
         if enqueued_at_ms is None and self._clock is not None:
             enqueued_at_ms = self.now_ms()
         stamp = "" if enqueued_at_ms is None else str(int(enqueued_at_ms))
-        return int(
-            self._record(keys=[*keys, self.keys.pending_index], args=[self.ttl_s, stamp, *values])
-        )
+        # one script per bucket (its keys share a slot); the first one's stamp is the batch's
+        for bucket, (keys, values) in by_bucket.items():
+            stamp = str(
+                self._record(keys=[*keys, bucket.pending_index], args=[self.ttl_s, stamp, *values])
+            )
+        return int(stamp)
 
     def get(self, key: str) -> PendingTrigger | None:
         """The record at ``key`` (an index member), or None."""
@@ -129,11 +137,14 @@ class PendingLedger:
         return bool(self.redis.exists(self.keys.pending(campaign_id, idempotency_key)))
 
     def older_than(self, cutoff_ms: int, limit: int) -> list[str]:
-        """Keys of up to ``limit`` records enqueued before ``cutoff_ms``, oldest first."""
-        members = self.redis.zrangebyscore(
-            self.keys.pending_index, "-inf", cutoff_ms, start=0, num=limit
-        )
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        """Keys of up to ``limit`` records enqueued before ``cutoff_ms``, oldest first.
+
+        Reads up to ``limit`` from every bucket's index and keeps the oldest.
+        """
+        found: list[tuple[float, str]] = []
+        for bucket in self.keys.buckets():
+            found += scored_range(self.redis, bucket.pending_index, "-inf", cutoff_ms, num=limit)
+        return [member for _, member in heapq.nsmallest(limit, found)]
 
     def requeued(self, record: PendingTrigger, enqueued_at_ms: int) -> None:
         """The reconciler published it again: restamp record and index, if still pending.
@@ -144,20 +155,23 @@ class PendingLedger:
         value = {"kwargs": record.kwargs, "enqueued_at_ms": enqueued_at_ms}
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(record.key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s, xx=True)
-        pipe.zadd(self.keys.pending_index, {record.key: enqueued_at_ms}, xx=True)
+        pipe.zadd(self._index(record.key), {record.key: enqueued_at_ms}, xx=True)
         pipe.execute()
 
     def postpone(self, key: str, now_ms: int) -> None:
         """Look at this record again one grace period from now (it is in flight)."""
-        self.redis.zadd(self.keys.pending_index, {key: now_ms}, xx=True)
+        self.redis.zadd(self._index(key), {key: now_ms}, xx=True)
 
     def forget(self, key: str) -> None:
         """Drop a record and its index entry (the trigger is done or dead)."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(key)
-        pipe.zrem(self.keys.pending_index, key)
+        pipe.zrem(self._index(key), key)
         pipe.execute()
 
     def depth(self) -> int:
         """Number of pending triggers."""
-        return int(self.redis.zcard(self.keys.pending_index))
+        return total_members(self.redis, [b.pending_index for b in self.keys.buckets()])
+
+    def _index(self, key: str) -> str:
+        return self.keys.bucket_of_key(key).pending_index

@@ -87,7 +87,7 @@ class PendingRecorder:
         self.schedule_for = schedule_for or (
             lambda settings: ScheduleStore(
                 ledger_for(settings).redis,
-                KeySpace(settings.clix_key_prefix),
+                KeySpace.of(settings),
                 ttl_s=settings.clix_idempotency_ttl_s,
             )
         )

@@ -10,7 +10,9 @@ publishes it (:mod:`tasks.mover`):
   the pending record: a hash of the kwargs (JSON), the due time ``send_at_ms``,
   the ``task_id`` its message will carry and the name of its pending record;
 * the *schedule*, a sorted set of record keys by due time: the mover reads the
-  due ones with one bounded range, never a ``KEYS`` scan.
+  due ones with one bounded range, never a ``KEYS`` scan. There is one per
+  bucket of the key layout (:mod:`config.keys`), beside the records it holds,
+  and a take goes over every bucket.
 
 The idempotency key is taken when the trigger is scheduled. Scheduling a key
 that is already scheduled, queued (pending), cancelled or, for the producer's
@@ -43,6 +45,7 @@ from typing import Any
 import redis
 
 from config.keys import KeySpace, Scope, as_text
+from tasks.indexes import total_members
 
 __all__ = ["Due", "ScheduleStore", "Scheduled", "ScheduledRecord"]
 
@@ -168,6 +171,8 @@ class ScheduleStore:
         self._finish = redis_client.register_script(_FINISH)
         #: earliest due time left after the last take (None: nothing scheduled)
         self.next_due_ms: int | None = None
+        #: whether the last take left due triggers behind (a bucket gave ``limit``)
+        self.full = False
 
     def schedule(
         self,
@@ -186,7 +191,7 @@ class ScheduleStore:
         campaign, key = kwargs["campaign_id"], kwargs["idempotency_key"]
         keys = [
             self.keys.scheduled(campaign, key),
-            self.keys.schedule,
+            self.keys.bucket_for(campaign, key).schedule,
             self.keys.pending(campaign, key),
             self.keys.cancelled(campaign, key),
         ]
@@ -216,32 +221,43 @@ class ScheduleStore:
         return ScheduledRecord(json.loads(raw[0]), int(as_text(raw[1])), as_text(raw[2]))
 
     def take(self, limit: int, retake_ms: int, now_ms: int | None = None) -> tuple[int, list[Due]]:
-        """Take up to ``limit`` due triggers (store time unless ``now_ms``); return (now, them).
+        """Take up to ``limit`` due triggers per bucket (store time unless ``now_ms``).
 
-        :attr:`next_due_ms` is then the earliest due time left (None: nothing scheduled).
+        Returns (now, them). :attr:`next_due_ms` is then the earliest due time
+        left (None: nothing scheduled), and :attr:`full` whether some bucket had
+        more due than ``limit`` (take again).
         """
-        reply: list[Any] = self._take(
-            keys=[self.keys.schedule, self.keys.pending_index],
-            args=["" if now_ms is None else str(now_ms), limit, retake_ms, self.ttl_s],
-        )
-        now = int(reply[0])
-        self.next_due_ms = None if int(float(reply[1])) < 0 else int(float(reply[1]))
-        due = [
-            Due(
-                as_text(reply[i]),
-                json.loads(reply[i + 1]),
-                int(reply[i + 2]),
-                as_text(reply[i + 3]),
+        now, due, next_due, self.full = 0, [], [], False
+        for bucket in self.keys.buckets():
+            reply: list[Any] = self._take(
+                keys=[bucket.schedule, bucket.pending_index],
+                args=["" if now_ms is None else str(now_ms), limit, retake_ms, self.ttl_s],
             )
-            for i in range(2, len(reply), 4)
-        ]
+            now = max(now, int(reply[0]))
+            if int(float(reply[1])) >= 0:
+                next_due.append(int(float(reply[1])))
+            taken = [
+                Due(
+                    as_text(reply[i]),
+                    json.loads(reply[i + 1]),
+                    int(reply[i + 2]),
+                    as_text(reply[i + 3]),
+                )
+                for i in range(2, len(reply), 4)
+            ]
+            self.full = self.full or len(taken) >= limit
+            due += taken
+        self.next_due_ms = min(next_due, default=None)
         return now, due
 
     def finish(self, keys: Sequence[str]) -> None:
-        """Remove the records of published triggers (one round trip)."""
-        if keys:
-            self._finish(keys=[*keys, self.keys.schedule])
+        """Remove the records of published triggers (one round trip per bucket)."""
+        by_bucket: dict[str, list[str]] = {}
+        for key in keys:
+            by_bucket.setdefault(self.keys.bucket_of_key(key).schedule, []).append(key)
+        for schedule, records in by_bucket.items():
+            self._finish(keys=[*records, schedule])
 
     def depth(self) -> int:
         """Number of scheduled triggers (including ones taken but not yet finished)."""
-        return int(self.redis.zcard(self.keys.schedule))
+        return total_members(self.redis, [b.schedule for b in self.keys.buckets()])

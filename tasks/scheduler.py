@@ -82,9 +82,7 @@ def when_from(
 def producer_schedule(settings: Settings) -> ScheduleStore:
     """The schedule on the producer's store connection (one pool per process and store)."""
     ledger = context.producer_ledger(settings)
-    return ScheduleStore(
-        ledger.redis, KeySpace(settings.clix_key_prefix), ttl_s=settings.clix_idempotency_ttl_s
-    )
+    return ScheduleStore(ledger.redis, KeySpace.of(settings), ttl_s=settings.clix_idempotency_ttl_s)
 
 
 def schedule_trigger(

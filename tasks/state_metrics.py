@@ -28,6 +28,7 @@ from config.connections import broker_is_redis, broker_redis_client, store_clien
 from config.keys import KeySpace
 from config.settings import Settings
 from tasks.breaker import CircuitBreaker
+from tasks.indexes import total_members
 from tasks.metrics import NONE, OTHER
 
 __all__ = [
@@ -124,7 +125,7 @@ class RedisStateCollector(Collector):
         """
 
         conn = store_client(settings, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=False)
-        keys = KeySpace(settings.clix_key_prefix)
+        keys = KeySpace.of(settings)
         breaker = None
         if settings.clix_project_id:
             breaker = CircuitBreaker(conn, keys.breaker(settings.clix_project_id))
@@ -149,7 +150,7 @@ class RedisStateCollector(Collector):
         """Yield the gauges of this scrape."""
         up = 1
         try:
-            depth = int(self.conn.zcard(self.keys.dlq_index))
+            depth = total_members(self.conn, [b.dlq_index for b in self.keys.buckets()])
             state = self.breaker.state() if self.breaker is not None else None
         except Exception as exc:  # noqa: BLE001 - a scrape reports Redis trouble, never raises
             logger.debug("metrics: could not read Redis: %s", type(exc).__name__)

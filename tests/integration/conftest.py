@@ -21,8 +21,9 @@ import redis
 from celery import Celery
 
 from config.celery_app import app, celery_config
+from config.connections import store_client
 from config.keys import KeySpace, Scope
-from config.settings import Settings
+from config.settings import Settings, is_cluster_url
 from tasks.dlq import DeadLetterQueue
 from tasks.idempotency import IdempotencyStore
 from tests.integration.processes import (
@@ -31,6 +32,7 @@ from tests.integration.processes import (
     WorkerProcess,
     clean_env,
 )
+from tests.integration.redis_cluster import RedisClusterServers, cluster_binaries
 from worker.redis_server import RedisServer, find_redis_server
 
 PROJECT_ID = "test-project"
@@ -106,9 +108,12 @@ class Fleet:
 
     @property
     def keys(self) -> KeySpace:
-        return KeySpace(self.prefix)
+        return KeySpace.of(self.settings())
 
     def redis(self) -> redis.Redis:
+        """A client of the fleet's store (a cluster client for a ``redis+cluster://`` store)."""
+        if is_cluster_url(self.redis_url):
+            return store_client(self.settings(), retry=False)
         return redis.Redis.from_url(self.redis_url)
 
     @property
@@ -213,6 +218,18 @@ def own_fleet(
     yield build
     for fleet in made:
         fleet.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A 3-primary Redis Cluster on free ports, or a skip naming the missing binary."""
+    if cluster_binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the Redis Cluster tests: install redis-server and redis-cli")
+        pytest.skip("Redis Cluster tests skipped: redis-server or redis-cli is not installed")
+    cluster = RedisClusterServers(primaries=3).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

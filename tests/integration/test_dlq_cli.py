@@ -166,8 +166,8 @@ def queued_keys(fleet: Fleet) -> list[str]:
 def dlq_snapshot(fleet: Fleet) -> tuple[Any, ...]:
     conn = fleet.redis()
     return (
-        conn.hgetall(fleet.keys.dlq_entries),
-        conn.zrange(fleet.keys.dlq_index, 0, -1),
+        conn.hgetall(fleet.keys.bucket(0).dlq_entries),
+        conn.zrange(fleet.keys.bucket(0).dlq_index, 0, -1),
         conn.llen(fleet.queue),
     )
 

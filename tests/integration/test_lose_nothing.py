@@ -68,7 +68,7 @@ def _wait_all(fleet: Fleet, sandbox: SandboxProcess, campaign: str, keys: list[s
         ]
         raise AssertionError(
             f"{len(missing)} never delivered, e.g. {missing[:5]}; ledger states {dict(states)}; "
-            f"pending {conn.zcard(fleet.keys.pending_index)}; "
+            f"pending {conn.zcard(fleet.keys.bucket(0).pending_index)}; "
             f"queue {conn.llen(fleet.queue)}; unacked {conn.hlen('unacked')}; "
             f"dlq {len(fleet.dlq.entries())}; "
             f"reconciler lines {lines[-5:]}; worker exit codes {exits}; "
@@ -122,7 +122,7 @@ def test_reconciler_leaves_a_backlog_alone_and_in_flight_triggers_unsent(
     time.sleep(1)
     assert set(_accepted(sandbox, campaign).values()) == {1}  # nothing doubled
     assert "re-published" not in worker.log()
-    assert fleet.redis().zcard(fleet.keys.pending_index) == 0
+    assert fleet.redis().zcard(fleet.keys.bucket(0).pending_index) == 0
 
 
 def test_broker_restarted_without_persistence_loses_nothing(
@@ -237,7 +237,7 @@ def test_send_task_through_the_project_app_loses_nothing_while_workers_are_sigki
     _run_producer(fleet.env, _SEND_TASK_PRODUCER, campaign, str(len(keys)))
     # every publish wrote its record, whatever the call
     conn = fleet.redis()
-    assert conn.zcard(fleet.keys.pending_index) == len(keys)
+    assert conn.zcard(fleet.keys.bucket(0).pending_index) == len(keys)
     assert conn.llen(fleet.queue) == len(keys)
     kills = _kill_workers_while_draining(fleet, sandbox, campaign, keys, kills=6, seed=13)
 

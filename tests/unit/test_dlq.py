@@ -67,7 +67,9 @@ def make_entry(dlq: DeadLetterQueue, scope: Scope, **more: Any) -> dict[str, Any
 
 
 def dlq_state(fake_redis: fakeredis.FakeRedis, keys: KeySpace) -> tuple[Any, Any]:
-    return fake_redis.hgetall(keys.dlq_entries), fake_redis.zrange(keys.dlq_index, 0, -1)
+    return fake_redis.hgetall(keys.bucket(0).dlq_entries), fake_redis.zrange(
+        keys.bucket(0).dlq_index, 0, -1
+    )
 
 
 # --- new_entry ------------------------------------------------------------------------
@@ -532,7 +534,8 @@ def test_entries_with_a_limit_reads_only_the_entries_it_shows(
     assert index_reads, conn.commands
     # every read of the index is bounded: ZRANGEBYSCORE ... LIMIT offset count, count <= 2
     assert all(
-        c[0] == "ZRANGEBYSCORE" and c[-3] == "LIMIT" and int(c[-1]) <= 2 for c in index_reads
+        c[0] == "ZRANGEBYSCORE" and "LIMIT" in c and int(c[c.index("LIMIT") + 2]) <= 2
+        for c in index_reads
     )
     requested = sum(len(c) - 2 for c in conn.commands if c[0] == "HMGET")
     requested += sum(1 for c in conn.commands if c[0] == "HGET")

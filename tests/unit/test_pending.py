@@ -64,7 +64,7 @@ def ledger(fake_redis: fakeredis.FakeRedis, keys: KeySpace, clock: Clock) -> Pen
 def index(fake_redis: fakeredis.FakeRedis, keys: KeySpace) -> list[tuple[str, int]]:
     return [
         (member.decode(), int(score))
-        for member, score in fake_redis.zrange(keys.pending_index, 0, -1, withscores=True)
+        for member, score in fake_redis.zrange(keys.bucket(0).pending_index, 0, -1, withscores=True)
     ]
 
 
@@ -102,7 +102,7 @@ def test_record_sends_every_trigger_in_one_round_trip(
     ledger.record([trigger(key=f"key-{i}") for i in range(500)])
 
     assert counting.sent == ["EVALSHA"]
-    assert counting.zcard(keys.pending_index) == 501
+    assert counting.zcard(keys.bucket(0).pending_index) == 501
 
 
 def test_record_stamps_with_the_stores_clock_and_returns_the_stamp(
@@ -119,7 +119,7 @@ def test_record_stamps_with_the_stores_clock_and_returns_the_stamp(
         record = ledger.get(keys.pending("camp-1", key))
         assert record is not None
         assert record.enqueued_at_ms == stamp
-        assert fake_redis.zscore(keys.pending_index, keys.pending("camp-1", key)) == stamp
+        assert fake_redis.zscore(keys.bucket(0).pending_index, keys.pending("camp-1", key)) == stamp
 
 
 def test_now_ms_without_a_clock_is_the_stores_time(
@@ -539,7 +539,7 @@ def test_the_reference_producer_writes_a_record_the_ledger_reads(
     assert PendingLedger(fake_redis, keys, ttl_s=TTL_S).get(key) == PendingTrigger(
         key, kwargs, stamp
     )
-    assert fake_redis.zscore(keys.pending_index, key) == stamp
+    assert fake_redis.zscore(keys.bucket(0).pending_index, key) == stamp
     assert fake_redis.ttl(key) == TTL_S
     message = reference.celery_message("clix.triggers", kwargs, stamp)
     assert message["headers"][ENQUEUED_AT_HEADER] == stamp

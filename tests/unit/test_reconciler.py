@@ -153,7 +153,7 @@ def next_interval(fake_redis: fakeredis.FakeRedis, keys: KeySpace) -> None:
 
 
 def stamp_of(fake_redis: fakeredis.FakeRedis, keys: KeySpace, campaign: str, key: str) -> int:
-    score = fake_redis.zscore(keys.pending_index, keys.pending(campaign, key))
+    score = fake_redis.zscore(keys.bucket(0).pending_index, keys.pending(campaign, key))
     assert score is not None
     return int(score)
 

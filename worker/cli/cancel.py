@@ -29,7 +29,7 @@ def cancel(campaign_id: str, idempotency_key: str, project: str | None, as_json:
     settings = load_settings()
     canceller = Canceller(
         context.redis_client(settings),
-        KeySpace(settings.clix_key_prefix),
+        KeySpace.of(settings),
         ttl_s=settings.clix_idempotency_ttl_s,
     )
     project = project or settings.clix_project_id

@@ -79,10 +79,14 @@ def _credentials(settings: Settings) -> Finding:
 
 def _store(settings: Settings, timeout_s: float) -> list[Finding]:
     import redis as redis_lib
+    from redis.exceptions import RedisClusterException
 
     from config.connections import store_client
 
-    conn = store_client(settings, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=False)
+    try:  # a cluster client connects as it is made
+        conn = store_client(settings, timeout_s=timeout_s, connect_timeout_s=timeout_s, retry=False)
+    except (RedisClusterException, redis_lib.RedisError, OSError) as exc:
+        return [Finding("redis", False, _connection_error(exc))]
     try:
         conn.ping()
         return [Finding("redis", True, "answers"), *store_findings(settings, conn)]

@@ -96,10 +96,7 @@ def targets(
     if ids and (select_all or not selection.is_empty):
         fail("name entry ids, or choose entries with --all or filters, not both", RET_USAGE)
     if ids:
-        pipe = queue.redis.pipeline(transaction=False)
-        for entry_id in ids:
-            pipe.hexists(queue.keys.dlq_entries, entry_id)
-        present = pipe.execute()
+        present = queue.present(ids)
         return (
             [i for i, ok in zip(ids, present, strict=True) if ok],
             [i for i, ok in zip(ids, present, strict=True) if not ok],

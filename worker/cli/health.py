@@ -33,15 +33,13 @@ def health(project: str | None, as_json: bool) -> None:
     project = project or settings.clix_project_id
     if not project:
         # the project the fleet's workers registered at start-up, when there is one
-        fleet = sorted(
-            as_text(p) for p in conn.smembers(KeySpace(settings.clix_key_prefix).projects)
-        )
+        fleet = sorted(as_text(p) for p in conn.smembers(KeySpace.of(settings).projects))
         if len(fleet) != 1:
             known = f" (the fleet sends for {', '.join(fleet)})" if fleet else ""
             fail(f"give --project or set CLIX_PROJECT_ID{known}", RET_USAGE)
         project = fleet[0]
     state = circuit_breaker(settings, conn, project).state()
-    stats = conn.hgetall(KeySpace(settings.clix_key_prefix).stats)
+    stats = conn.hgetall(KeySpace.of(settings).stats)
     data = {
         "project_id": project,
         "breaker": state.state,

@@ -56,7 +56,7 @@ def status(
         projects = [project]
     else:
         # the projects the fleet's workers registered, else the ones with ledger state
-        fleet = store.redis.smembers(KeySpace(settings.clix_key_prefix).projects)
+        fleet = store.redis.smembers(KeySpace.of(settings).projects)
         known = {as_text(p) for p in fleet} | set(store.projects_for(campaign_id, idempotency_key))
         projects = sorted(known) or [""]
     found = TriggerState("unknown")

@@ -1,0 +1,106 @@
+"""A throwaway Redis Cluster for tests: primaries on free ports, slots split evenly.
+
+Each primary is a :class:`worker.redis_server.RedisServer` started with
+``--cluster-enabled yes`` (its bus on a free port of its own, ``cluster-port``),
+then ``redis-cli --cluster create ... --cluster-yes`` assigns the 16,384 slots
+evenly (no replicas). :meth:`RedisClusterServers.stop` stops every node and
+removes its files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import redis
+
+from worker.redis_server import RedisServer, find_redis_server, free_port
+
+__all__ = ["RedisClusterServers", "cluster_binaries"]
+
+
+def cluster_binaries() -> tuple[str, str] | None:
+    """``(redis-server, redis-cli)`` system binaries, or None when either is missing."""
+    found = find_redis_server()
+    cli = shutil.which("redis-cli")
+    if found is None or found[1] != "system" or cli is None:
+        return None
+    return found[0], cli
+
+
+class RedisClusterServers:
+    """``primaries`` cluster nodes on loopback; :meth:`start`, then :attr:`url`."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        binaries = cluster_binaries()
+        if binaries is None:
+            raise RuntimeError("a Redis Cluster needs the redis-server and redis-cli binaries")
+        self.server_binary, self.cli_binary = binaries
+        self.nodes = [
+            RedisServer(
+                binary=self.server_binary,
+                appendonly=False,
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",
+                    str(free_port()),
+                ],
+            )
+            for _ in range(primaries)
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,.../0``: the store URL of the cluster."""
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return f"redis+cluster://{hosts}/0"
+
+    def start(self, timeout_s: float = 30.0) -> RedisClusterServers:
+        """Start the nodes, assign the slots, wait until every node says the cluster is ok."""
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run(
+                [
+                    self.cli_binary,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=timeout_s,
+            )
+            deadline = time.monotonic() + timeout_s
+            while not all(self._ok(node) for node in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not reach cluster_state:ok")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @staticmethod
+    def _ok(node: RedisServer) -> bool:
+        with redis.Redis(port=node.port, socket_timeout=2, decode_responses=True) as client:
+            info = client.execute_command("CLUSTER INFO")  # parsed into a dict by redis-py
+        return bool(info.get("cluster_state") == "ok")
+
+    def node_of(self, port: int) -> int:
+        """The index of the node listening on ``port``."""
+        return [node.port for node in self.nodes].index(port)
+
+    def stop(self) -> None:
+        """Stop every node and remove its files."""
+        for node in self.nodes:
+            node.stop()
