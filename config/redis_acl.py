@@ -45,8 +45,9 @@ A Redis shared with other applications can narrow keys to the worker's
 
 Only with ``CLIX_REDIS_COMMIT_REPLICAS`` above 0: ``+wait`` (the commit waits
 for replicas). Only on a Redis Cluster store: ``+cluster|slots`` (the client
-reads the slot map) and ``+cluster|info`` (``check``). Optional: ``+config|get`` lets ``check`` read the RDB ``save`` schedule (INFO
-has no such field); without it ``check`` says what it could not verify.
+reads the slot map) and ``+cluster|info`` (``check``). Optional:
+``+config|get`` lets ``check`` read the RDB ``save`` schedule (INFO has no such
+field); without it ``check`` says what it could not verify.
 Not needed: ``CLIENT SETINFO``, which redis-py sends on Redis 7.2+ and whose
 refusal it ignores (it only shows in ``ACL LOG``).
 """
