@@ -53,7 +53,7 @@ def steady_group() -> Iterator[SentinelGroup]:
     group.stop()
 
 
-def test_primary_killed_mid_drain_delivers_every_trigger_with_duplicates_counted(
+def test_primary_killed_mid_drain_delivers_dedupes_retries_dead_letters_and_survives_a_sigkill(
     sentinel_group: SentinelGroup,
     own_fleet: Callable[..., Fleet],
     own_sandbox: Callable[..., SandboxProcess],
@@ -76,6 +76,14 @@ def test_primary_killed_mid_drain_delivers_every_trigger_with_duplicates_counted
     # replaced must not stop its worker
     fleet.start_worker(pool="threads", concurrency=4)
     fleet.start_worker(pool="threads", concurrency=4)
+    # the core scenarios ride through the failover too: one trigger that needs a
+    # retry, one that Clix rejects, and (below) every key again after it
+    flaky, rejected = f"{campaign}-flaky", f"{campaign}-bad"
+    clix.script(flaky, {"status": 503})
+    clix.script(rejected, {"status": 400, "body": {"error": "scripted 400"}})
+    for other in (flaky, rejected):
+        _write_triggers(tmp_path / f"{other}.jsonl", other, 1)
+        assert cli(fleet.env, "enqueue", "--file", str(tmp_path / f"{other}.jsonl")).returncode == 0
     assert cli(fleet.env, "enqueue", "--file", str(tmp_path / "t.jsonl")).returncode == 0
     wait_until(lambda: len(_accepted(clix, campaign)) >= 60, 60, "the drain to start")
 
@@ -84,8 +92,15 @@ def test_primary_killed_mid_drain_delivers_every_trigger_with_duplicates_counted
     assert left > 100, "the drain finished before the failover: nothing tested"
     took_s = sentinel_group.wait_for_failover(old_port)
     fleet.redis_url = sentinel_group.direct_url()
+    # and a worker dies the hard way on the new primary: a fresh one takes over
+    fleet.workers[0].kill()
+    fleet.start_worker(pool="threads", concurrency=4)
+    # every key once more, against the new primary's ledger: deduplicated, not sent
+    assert cli(fleet.env, "enqueue", "--file", str(tmp_path / "t.jsonl")).returncode == 0
 
     wait_until(lambda: set(_accepted(clix, campaign)) >= set(keys), 120, "every trigger", every_s=1)
+    wait_until(lambda: bool(_accepted(clix, flaky)), 60, "the retried trigger", every_s=1)
+    wait_until(lambda: len(fleet.dlq.entries()) == 1, 60, "the rejected trigger in the DLQ")
     wait_until(
         lambda: all(fleet.store.status(fleet.scope(campaign, k)).state == "done" for k in keys),
         60,
@@ -100,8 +115,9 @@ def test_primary_killed_mid_drain_delivers_every_trigger_with_duplicates_counted
         f"\nfailover in {took_s:.1f} s with {left} of {len(keys)} left; "
         f"{doubled} duplicate send(s), {counted} counted as ambiguous"
     )
-    assert [w.proc.poll() for w in fleet.workers] == [None, None]  # both rode it out
-    assert fleet.dlq.entries() == []
+    assert [w.proc.poll() for w in fleet.workers[1:]] == [None, None]  # they rode it out
+    assert [e["reason"] for e in fleet.dlq.entries()] == ["rejected"]
+    assert [r["status"] for r in clix.requests(flaky)] == [503, 200]
     assert doubled <= counted
 
 
