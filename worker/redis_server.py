@@ -117,10 +117,12 @@ class RedisServer:
                         raise redis.ConnectionError("another server answers on this port")
                 except redis.ConnectionError:
                     if self.process.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
+                        log = self.directory / "redis.log"
+                        said = log.read_text(errors="replace")[-400:] if log.exists() else ""
+                        self.stop()  # removes the log when the directory is ours: quote it
                         raise RuntimeError(
                             f"redis-server ({self.kind}) did not start on port {self.port}; "
-                            f"see {self.directory / 'redis.log'}"
+                            f"its log ended: {said.strip() or '(nothing)'}"
                         ) from None
                     time.sleep(0.05)
         finally:

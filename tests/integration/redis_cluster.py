@@ -37,7 +37,11 @@ class RedisClusterServers:
         if binaries is None:
             raise RuntimeError("a Redis Cluster needs the redis-server and redis-cli binaries")
         self.server_binary, self.cli_binary = binaries
-        self.nodes = [
+        self.primaries = primaries
+        self.nodes = self._make_nodes()
+
+    def _make_nodes(self) -> list[RedisServer]:
+        return [
             RedisServer(
                 binary=self.server_binary,
                 appendonly=False,
@@ -52,7 +56,7 @@ class RedisClusterServers:
                     str(free_port()),
                 ],
             )
-            for _ in range(primaries)
+            for _ in range(self.primaries)
         ]
 
     @property
@@ -61,11 +65,23 @@ class RedisClusterServers:
         hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
         return f"redis+cluster://{hosts}/0"
 
-    def start(self, timeout_s: float = 30.0) -> RedisClusterServers:
-        """Start the nodes, assign the slots, wait until every node says the cluster is ok."""
+    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> RedisClusterServers:
+        """Start the nodes, assign the slots, wait until every node says the cluster is ok.
+
+        Ports are free when picked, not when a node binds them (a parallel test
+        may take one in between): a node that cannot start is retried on new ports.
+        """
+        for attempt in range(attempts):
+            try:
+                for node in self.nodes:
+                    node.start()
+                break
+            except RuntimeError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                self.nodes = self._make_nodes()
         try:
-            for node in self.nodes:
-                node.start()
             subprocess.run(
                 [
                     self.cli_binary,
