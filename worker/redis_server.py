@@ -101,9 +101,11 @@ class RedisServer:
             str(self.directory / "redis.log"),
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
-        )
+        # what it says before its log file opens (a refused option) goes to a file
+        with open(self.directory / "redis.out", "wb") as early:
+            self.process = subprocess.Popen(
+                args, stdout=early, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + timeout_s
         client = self.client(socket_connect_timeout=0.5)
         try:
@@ -117,8 +119,11 @@ class RedisServer:
                         raise redis.ConnectionError("another server answers on this port")
                 except redis.ConnectionError:
                     if self.process.poll() is not None or time.monotonic() > deadline:
-                        log = self.directory / "redis.log"
-                        said = log.read_text(errors="replace")[-400:] if log.exists() else ""
+                        said = "".join(
+                            path.read_text(errors="replace")[-400:]
+                            for path in (self.directory / "redis.out", self.directory / "redis.log")
+                            if path.exists()
+                        )
                         self.stop()  # removes the log when the directory is ours: quote it
                         raise RuntimeError(
                             f"redis-server ({self.kind}) did not start on port {self.port}; "

