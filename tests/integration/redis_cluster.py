@@ -17,7 +17,7 @@ import time
 
 import redis
 
-from worker.redis_server import RedisServer, free_port
+from worker.redis_server import RedisServer, free_port, redis_servers_on_path
 
 __all__ = ["RedisClusterServers", "cluster_binaries"]
 
@@ -32,9 +32,8 @@ def cluster_binaries() -> tuple[str, str] | None:
     cli = shutil.which("redis-cli")
     if cli is None:
         return None
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        server = shutil.which("redis-server", path=folder)
-        if server and _major_version(server) >= 7:
+    for server in redis_servers_on_path():
+        if _major_version(server) >= 7:
             # its own redis-cli when it has one beside it
             return server, shutil.which("redis-cli", path=os.path.dirname(server)) or cli
     return None

@@ -11,7 +11,6 @@ test's own look at the data, and whatever users the test names.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from worker.redis_server import RedisServer
+from worker.redis_server import RedisServer, redis_servers_on_path
 
 __all__ = [
     "AclUser",
@@ -169,13 +168,10 @@ def tls_redis_or_skip() -> str:
     """
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: cannot make a throwaway CA for the TLS tests")
-    seen: list[str] = []
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        found = shutil.which("redis-server", path=folder)
-        if found and os.path.realpath(found) not in seen:
-            seen.append(os.path.realpath(found))
-            if _speaks_tls(found):
-                return found
+    seen = redis_servers_on_path()
+    for found in seen:
+        if _speaks_tls(found):
+            return found
     pytest.skip(f"no redis-server built with TLS on PATH (tried {seen or 'none'})")
 
 
