@@ -12,8 +12,12 @@ server's ``INFO commandstats`` is one side's traffic. Two counts per trigger:
 Producer and worker are counted apart: triggers are published first (the
 producer's window: ``enqueue_many``, the bulk path), then the worker starts and
 drains them (its start-up, reconciler and breaker-watch traffic is included,
-spread over the triggers). Bytes: ``MEMORY USAGE`` of every key of the store
-and the broker before publishing, once queued, and once delivered.
+spread over the triggers); the claim and commit scripts are also counted on
+their own (``worker_store_trips_per_trigger``). Bytes: ``MEMORY USAGE`` of every
+key of the store and the broker before publishing, once queued, and once
+delivered; a delivered trigger's ledger record (``bytes_per_remembered_trigger``,
+kept ``CLIX_IDEMPOTENCY_TTL_S``) apart from its Celery result
+(``bytes_per_result``, kept ``CLIX_RESULT_TTL_S``).
 """
 
 from __future__ import annotations
@@ -107,13 +111,34 @@ def _trips(monitor: Monitor, n: int) -> dict[str, Any]:
     return trips
 
 
-def _key_bytes(conn: redis.Redis) -> int:
-    """Bytes every key takes (``MEMORY USAGE``, exact): no allocator or client-buffer noise."""
-    keys = list(conn.scan_iter(count=1000))
+#: Celery's result keys: a cache for ``AsyncResult.get()``, kept ``CLIX_RESULT_TTL_S``
+RESULT_PREFIX = b"celery-task-meta-"
+
+
+def _key_bytes(conn: redis.Redis, results: bool | None = None) -> int:
+    """Bytes every key takes (``MEMORY USAGE``, exact): no allocator or client-buffer noise.
+
+    ``results``: True counts Celery's result keys only, False every other key.
+    """
+    keys = [
+        key
+        for key in conn.scan_iter(count=1000)
+        if results is None or key.startswith(RESULT_PREFIX) == results
+    ]
     pipe = conn.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
     return sum(int(size or 0) for size in pipe.execute())
+
+
+def _own_trips_per_trigger(monitor: Monitor, n: int) -> float:
+    """Round trips whose first key is a trigger's lease: the claim and the commit scripts.
+
+    The rest of the worker's store traffic is periodic (the breaker watch, the
+    schedule mover, the reconciler, once a second each) or connection set-up:
+    it does not grow with the triggers.
+    """
+    return round(sum(c for k, c in monitor.by_key.items() if ":lease:" in k) / n, 2)
 
 
 def measure(stack: Stack, triggers: int) -> dict[str, Any]:
@@ -125,6 +150,7 @@ def measure(stack: Stack, triggers: int) -> dict[str, Any]:
     conns = {side: stack.redis(side) for side in ("store", "broker")}
     servers = {"store": stack.store, "broker": stack.broker}
     memory_before = {side: _key_bytes(c) for side, c in conns.items()}
+    results_before = _key_bytes(conns["store"], results=True)
     for conn in conns.values():
         conn.config_resetstat()
     monitors = {s: Monitor("127.0.0.1", servers[s].port) for s in conns}
@@ -161,6 +187,7 @@ def measure(stack: Stack, triggers: int) -> dict[str, Any]:
             if monitor.is_alive():
                 monitor.stop()
     memory_done = {side: _key_bytes(c) for side, c in conns.items()}
+    results_done = _key_bytes(conns["store"], results=True)
     for conn in conns.values():
         conn.close()
     return {
@@ -183,6 +210,9 @@ def measure(stack: Stack, triggers: int) -> dict[str, Any]:
             side: round((memory_queued[side] - memory_before[side]) / triggers) for side in conns
         },
         "bytes_per_remembered_trigger": round(
-            (memory_done["store"] - memory_before["store"]) / triggers
+            (memory_done["store"] - results_done - (memory_before["store"] - results_before))
+            / triggers
         ),
+        "bytes_per_result": round((results_done - results_before) / triggers),
+        "worker_store_trips_per_trigger": _own_trips_per_trigger(worker_trips["store"], triggers),
     }

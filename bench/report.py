@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plot import plot
+from config.settings import Settings
 
 PLOT_NAME = "benchmarks.png"
 
@@ -26,6 +27,22 @@ def _fmt(value: Any, suffix: str = "") -> str:
     elif isinstance(value, int):
         value = f"{value:,}"
     return f"{value}{suffix}"
+
+
+#: the defaults of CLIX_IDEMPOTENCY_TTL_S and CLIX_RESULT_TTL_S, which the suite runs with
+IDEMPOTENCY_TTL_S = int(Settings.model_fields["clix_idempotency_ttl_s"].default)
+RESULT_TTL_S = int(Settings.model_fields["clix_result_ttl_s"].default)
+
+
+def _hours(seconds: int) -> str:
+    return f"{seconds / 3600:g} h"
+
+
+def _day_average(remembered: float | None, per_result: float | None) -> float | None:
+    """Bytes per trigger in the store at steady state: results live a fraction of the day."""
+    if remembered is None or per_result is None:
+        return None
+    return round(remembered + per_result * RESULT_TTL_S / IDEMPOTENCY_TTL_S)
 
 
 def _verdict(value: float | None, good: bool) -> str:
@@ -68,7 +85,9 @@ def _redis_section(redis: dict[str, Any], queued: Any, remembered: Any) -> list[
         f"Bytes: a queued trigger {_fmt(queued)} (store "
         f"{_fmt(redis['bytes_per_queued_trigger']['store'])}, broker "
         f"{_fmt(redis['bytes_per_queued_trigger']['broker'])}); a remembered (delivered) "
-        f"trigger {_fmt(remembered)} in the store (`MEMORY USAGE` of every key, before and after).",
+        f"trigger {_fmt(remembered)} in the store for its done record, plus "
+        f"{_fmt(redis.get('bytes_per_result'))} for its Celery result while that is kept "
+        "(`MEMORY USAGE` of every key, before and after).",
     ]
     return lines
 
@@ -100,8 +119,11 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
     ratio_50 = default.get("ratio_50ms_to_0ms")
     ratio_bare = baseline.get("ratio")
     redis_ok = "error" not in redis
-    own_trips = redis["worker"]["store"]["round_trips"]["total"] if redis_ok else None
+    all_trips = redis["worker"]["store"]["round_trips"]["total"] if redis_ok else None
+    own_trips = redis.get("worker_store_trips_per_trigger")
     remembered = redis.get("bytes_per_remembered_trigger")
+    per_result = redis.get("bytes_per_result")
+    day_average = _day_average(remembered, per_result)
     queued = sum(redis["bytes_per_queued_trigger"].values()) if redis_ok else None
     one_vs_bare = enqueue.get("enqueue_trigger_vs_apply_async")
     bulk_vs_one = enqueue.get("enqueue_many_vs_enqueue_trigger")
@@ -137,10 +159,14 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
         f"| worker / bare task at 0 ms, {baseline['pool']} -c {baseline['concurrency']} | "
         f"{_fmt(ratio_bare)} ({_fmt(baseline['clix_per_s'])} / {_fmt(baseline['bare_per_s'])}) "
         f"| >= 0.9 | {_verdict(ratio_bare, (ratio_bare or 0) >= 0.9)} |",
-        f"| our own Redis round trips per trigger (worker, store) | {_fmt(own_trips)} | <= 2 | "
-        f"{_verdict(own_trips, (own_trips or 0) <= 2)} |",
-        f"| Redis bytes per remembered trigger | {_fmt(remembered)} | <= 300 | "
-        f"{_verdict(remembered, (remembered or 0) <= 300)} |",
+        f"| our own Redis round trips per trigger (worker, store: claim and commit; with the "
+        f"once-a-second work and connection set-up spread over the run) | {_fmt(own_trips)} "
+        f"({_fmt(all_trips)}) | <= 2 | {_verdict(own_trips, (own_trips or 0) <= 2)} |",
+        f"| Redis bytes per remembered trigger: the ledger's done record (kept "
+        f"{_hours(IDEMPOTENCY_TTL_S)}); with the Celery result (+{_fmt(per_result)}, kept "
+        f"{_hours(RESULT_TTL_S)}) averaged over a day of triggers | {_fmt(remembered)}; "
+        f"{_fmt(day_average)} | <= 300 | "
+        f"{_verdict(day_average, max(remembered or 0, day_average or 0) <= 300)} |",
         f"| Redis bytes per queued trigger (store + broker) | {_fmt(queued)} | <= 1,500 | "
         f"{_verdict(queued, (queued or 0) <= 1500)} |",
         f"| `enqueue_trigger` / bare `apply_async` | {_fmt(one_vs_bare)} | >= 0.9 | "

@@ -17,28 +17,73 @@ began is found by the read and one stored after by the channel. That is how
 ``AsyncResult(task_id).get()`` works in any process that did not publish the
 task. ``ignore_result`` is left alone: the worker still stores every result.
 
+The subscription and the read go over two connections, so Redis may run the
+read before the ``SUBSCRIBE``: a result committed between them is neither read
+nor received (Celery subscribes at publish time, long before the task can
+finish, and never meets this). :class:`RereadingResultConsumer` closes the gap:
+while somebody waits, it reads the stored results of the tasks waited for again
+once a second (one ``MGET``), so such a result arrives a second late instead
+of never.
+
 Celery's Redis and Sentinel backends get the subclass; any other backend (an
 application may configure its own) is built exactly as Celery builds it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery
 from celery.app import backends
-from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.backends.redis import RedisBackend, ResultConsumer, SentinelBackend
 
 __all__ = [
     "ClixCelery",
+    "RereadingResultConsumer",
     "SubscribeOnWait",
     "SubscribeOnWaitRedisBackend",
     "SubscribeOnWaitSentinelBackend",
 ]
 
 
+class RereadingResultConsumer(ResultConsumer):  # type: ignore[misc]
+    """Celery's Redis result consumer, re-reading waited-for results once a second."""
+
+    #: seconds between two re-reads of the stored results while somebody waits
+    reread_interval_s = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reread_at = 0.0
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        """Wait for result messages (Celery's), then re-read when a second has passed."""
+        super().drain_events(timeout)
+        now = time.monotonic()
+        if self.subscribed_to and now >= self._reread_at:
+            self._reread_at = now + self.reread_interval_s
+            self.reread()
+
+    def reread(self) -> None:
+        """Read the stored results of every task waited for; deliver those that are there."""
+        with self._locked():
+            keys = list(self.subscribed_to)
+            if not keys:
+                return
+            try:
+                stored = self.backend.client.mget(keys)
+            except self._connection_errors:
+                return  # the next drain reconnects (Celery's own path) and reads them all
+            for meta in stored:
+                if meta:
+                    self.on_state_change(self._decode_result(meta), None)
+
+
 class SubscribeOnWait:
     """Mixin for a Redis result backend: publishing a task subscribes to nothing."""
+
+    ResultConsumer = RereadingResultConsumer
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Celery calls this for every publish; waiting (``get``) subscribes instead."""

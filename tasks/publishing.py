@@ -102,14 +102,21 @@ class PendingRecorder:
         sender: str | None = None,
         body: Any = None,
         headers: dict[str, Any] | None = None,
+        properties: dict[str, Any] | None = None,
         declare: Sequence[Any] | None = None,
         **_: Any,
     ) -> None:
         """Write the pending record of a message published without one; stamp its header."""
-        if headers is None or ENQUEUED_AT_HEADER in headers:
-            return  # written by enqueue_trigger, the bulk path or the reconciler
         if sender != TASK_NAME or not self.through_this_app(declare):
             return
+        if properties is not None:
+            # Celery copies apply_async's argsrepr/kwargsrepr into the message's
+            # properties as well as its headers; workers and Flower read the
+            # headers, so the copies only cost ~130 bytes of every queued message.
+            properties.pop("argsrepr", None)
+            properties.pop("kwargsrepr", None)
+        if headers is None or ENQUEUED_AT_HEADER in headers:
+            return  # written by enqueue_trigger, the bulk path or the reconciler
         kwargs = trigger_kwargs(body)
         if kwargs is None:
             return  # cannot be keyed: the worker dead-letters it as invalid_payload

@@ -129,6 +129,26 @@ def test_a_publish_that_already_carries_the_stamp_writes_nothing_again(
     assert message.headers[ENQUEUED_AT_HEADER] == T0_MS
 
 
+def test_the_redacted_reprs_travel_once_in_the_headers_not_again_in_the_properties(
+    make_producer: MakeProducer,
+) -> None:
+    producer = make_producer()
+
+    producer.app.send_task(
+        TASK_NAME,
+        kwargs={"campaign_id": "camp-1", "idempotency_key": "key-1"},
+        headers={ENQUEUED_AT_HEADER: T0_MS},
+        argsrepr="()",
+        kwargsrepr="{'campaign_id': 'camp-1', 'idempotency_key': 'key-1'}",
+    )
+
+    [message] = producer.received()
+    assert message.headers["kwargsrepr"] == "{'campaign_id': 'camp-1', 'idempotency_key': 'key-1'}"
+    assert message.headers["argsrepr"] == "()"
+    assert "kwargsrepr" not in message.properties
+    assert "argsrepr" not in message.properties
+
+
 def test_a_publish_through_another_app_is_left_alone(make_producer: MakeProducer) -> None:
     ours = make_producer()
     other = make_producer(connect=False)  # same task name, another app and queue

@@ -96,3 +96,24 @@ def test_get_receives_a_result_stored_while_it_waits(
 
     assert got == {"value": {"trigger_id": "trg-2"}}
     assert fake_redis.pubsub_channels() == []  # unsubscribed once the result arrived
+
+
+def test_get_finds_a_result_stored_before_its_subscription_took_effect(
+    make_app: MakeApp, fake_redis: fakeredis.FakeRedis
+) -> None:
+    # The subscription and the first read race over two connections: a result
+    # committed between them is stored but its message is never received. The
+    # stand-in stores it without publishing, after get() has read and subscribed.
+    producer, worker = make_app(ClixCelery), make_app(Celery)
+    result = producer.send_task(TASK_NAME, kwargs={"campaign_id": "c", "idempotency_key": "k"})
+    got: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: got.update(value=result.get(timeout=10)))
+
+    waiter.start()
+    _wait_for(fake_redis.pubsub_channels, "get() to subscribe")
+    meta = {"status": "SUCCESS", "result": {"trigger_id": "trg-3"}, "task_id": result.id}
+    fake_redis.set(worker.backend.get_key_for_task(result.id), worker.backend.encode(meta))
+    waiter.join(timeout=15)
+
+    assert got == {"value": {"trigger_id": "trg-3"}}
+    assert fake_redis.pubsub_channels() == []
