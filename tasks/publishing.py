@@ -115,6 +115,9 @@ class PendingRecorder:
             # headers, so the copies only cost ~130 bytes of every queued message.
             properties.pop("argsrepr", None)
             properties.pop("kwargsrepr", None)
+            if not str(self.app.conf.result_backend or "").startswith("rpc"):
+                # the publisher's reply queue: only the rpc:// result backend answers there
+                properties.pop("reply_to", None)
         if headers is None or ENQUEUED_AT_HEADER in headers:
             return  # written by enqueue_trigger, the bulk path or the reconciler
         kwargs = trigger_kwargs(body)

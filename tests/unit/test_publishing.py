@@ -147,6 +147,21 @@ def test_the_redacted_reprs_travel_once_in_the_headers_not_again_in_the_properti
     assert message.headers["argsrepr"] == "()"
     assert "kwargsrepr" not in message.properties
     assert "argsrepr" not in message.properties
+    assert "reply_to" not in message.properties  # no rpc:// result backend to answer there
+
+
+def test_the_reply_queue_stays_when_results_go_back_over_rpc(make_producer: MakeProducer) -> None:
+    producer = make_producer()
+    producer.app.conf.result_backend = "rpc://"
+
+    producer.app.send_task(
+        TASK_NAME,
+        kwargs={"campaign_id": "camp-1", "idempotency_key": "key-1"},
+        headers={ENQUEUED_AT_HEADER: T0_MS},
+    )
+
+    [message] = producer.received()
+    assert message.properties["reply_to"]
 
 
 def test_a_publish_through_another_app_is_left_alone(make_producer: MakeProducer) -> None:
