@@ -92,6 +92,26 @@ def _redis_section(redis: dict[str, Any], queued: Any, remembered: Any) -> list[
     return lines
 
 
+def _flower_section(flower: dict[str, Any]) -> list[str]:
+    lines = ["", "## Flower attached (0 ms)", ""]
+    if not flower or "error" in flower:
+        return [*lines, f"Not measured: {flower.get('error', 'not run')}"]
+    return [
+        *lines,
+        "The README's worker with `celery -A worker flower` watching its task events, on the "
+        "same cores (Flower decodes every event); without: the first table's 0 ms point.",
+        "",
+        "| | triggers/s | runs |",
+        "| --- | --- | --- |",
+        f"| without Flower | {_fmt(flower['without_per_s'])} | |",
+        f"| with Flower | {_fmt(flower['with_per_s'])} | "
+        f"{', '.join(_fmt(r) for r in flower['runs'])} |",
+        "",
+        f"With / without: {_fmt(flower['ratio'])}; Flower's own CPU: "
+        f"{_fmt(flower['flower_cpu_ms_per_trigger'])} ms per trigger.",
+    ]
+
+
 def _producer_section(enqueue: dict[str, Any]) -> list[str]:
     lines = ["", "## Producer", ""]
     if "error" in enqueue:
@@ -205,6 +225,7 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
             f"| {row['pool']} | {row['concurrency']} | {row['prefetch']} | "
             f"{_fmt(row['clix_per_s'])} | {_fmt(row['bare_per_s'])} | {_fmt(row['ratio'])} |"
         )
+    lines += _flower_section(results.get("flower", {}))
     latencies = sorted({p["latency_ms"] for p in results["pools"]})
     lines += [
         "",

@@ -9,6 +9,7 @@ Starts a broker Redis, a store Redis and the sandbox (bench/stack.py), then:
    figure: the rate at 50 ms over the rate at 0 ms).
 2. ``baseline``: the bare task (bench/bare_app.py) on the same pool,
    concurrency and prefetch, at 0 ms; the ratio worker/bare, also per pool.
+   ``flower``: the default worker at 0 ms with Flower attached (bench/flower.py).
 3. ``pools``: throughput against concurrency for prefork, threads and gevent
    (when installed: ``pip install -e '.[bench]'``) at 0, 50 and 200 ms; each
    point keeps the worker's resident memory per process.
@@ -40,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import drain, latency, redis_cost
+from bench import drain, flower, latency, redis_cost
 from bench.drain import Point
 from bench.enqueue import enqueue_rates
 from bench.machine import machine, pools_available
@@ -153,6 +154,14 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
         if by_latency.get(0) and bare["triggers_per_s"]:
             baseline["ratio"] = round(by_latency[0] / bare["triggers_per_s"], 2)
         results["baseline"] = baseline
+
+        _progress("the default worker with Flower attached")
+        results["flower"] = _guarded(
+            {},
+            lambda: flower.measure(
+                stack, by_latency.get(0), runs=size.headline_runs, **drain_options
+            ),
+        )
 
         available = pools_available()
         results["pools_skipped"] = [p for p in size.concurrency if p not in available]

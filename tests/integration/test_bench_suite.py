@@ -46,6 +46,7 @@ def test_suite_reports_every_section(results: dict[str, Any]) -> None:
         "machine",
         "default",
         "baseline",
+        "flower",
         "pools",
         "latency",
         "redis",
@@ -80,6 +81,14 @@ def test_bare_baseline_runs_on_the_same_pool_and_concurrency(results: dict[str, 
     assert all(row["bare_per_s"] > 0 for row in baseline["per_pool"])
 
 
+def test_the_default_worker_is_measured_with_flower_watching(results: dict[str, Any]) -> None:
+    flower = results["flower"]
+    assert flower["without_per_s"] == results["baseline"]["clix_per_s"]
+    assert flower["with_per_s"] > 0
+    assert 0 < flower["ratio"] < 10
+    assert flower["flower_cpu_ms_per_trigger"] > 0  # Flower did decode the task events
+
+
 def test_every_pool_is_measured_at_each_latency(results: dict[str, Any]) -> None:
     measured = {(p["pool"], p["latency_ms"]) for p in results["pools"]}
     for pool in ("prefork", "threads"):
@@ -108,7 +117,11 @@ def test_redis_cost_separates_the_store_from_the_broker(results: dict[str, Any])
     assert "evalsha" in redis["worker"]["store"]["commands"]["by_command"]  # our scripts
     assert "lpush" in redis["producer"]["broker"]["commands"]["by_command"]  # the message
     assert redis["bytes_per_remembered_trigger"] > 0
+    assert redis["bytes_per_result"] > 0  # the commit stored the Celery result
     assert redis["bytes_per_queued_trigger"]["broker"] > 0
+    # the claim and the commit, each a script; a process's first call of a
+    # script may be repeated once after loading it (NOSCRIPT)
+    assert 2 <= redis["worker_store_trips_per_trigger"] <= 2.5
 
 
 def test_producer_paths_are_all_timed(results: dict[str, Any]) -> None:
