@@ -12,11 +12,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery.app.trace import LOG_SUCCESS
 from celery.signals import after_setup_logger, after_setup_task_logger
 
 import worker.logs as logs
 from config.settings import ConfigurationError, Settings
-from worker.logs import JsonFormatter, RedactSecret, TextFormatter, configure, resolve_format
+from worker.logs import (
+    DropCelerySuccessLine,
+    JsonFormatter,
+    RedactSecret,
+    TextFormatter,
+    configure,
+    resolve_format,
+)
 
 KEY = "sk-logs-Zq9-0123456789-never-leak-me"
 EVENT = {
@@ -439,3 +447,37 @@ def test_an_unknown_format_setting_does_not_stop_the_worker(
     assert isinstance(logger.handlers[0].formatter, TextFormatter)  # auto, on a terminal
     assert "CLIX_LOG_FORMAT='yaml' is not one of auto, json, text" in caplog.text
     assert KEY not in caplog.text
+
+
+def test_celery_s_success_line_is_left_out_unless_the_worker_logs_at_debug(
+    logger: logging.Logger,
+) -> None:
+    stream = attach(logger, TextFormatter())
+    logger.addFilter(DropCelerySuccessLine())
+    success = {"name": "trigger_campaign", "runtime": 0.1, "return_value": {"trigger_id": "x"}}
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.INFO)
+        logger.info(LOG_SUCCESS, {**success, "id": "t-1"})
+        logger.info("Task trigger_campaign[%s] received", "t-1")
+        logger.warning("Task trigger_campaign[%s] kept", "t-1")
+        root.setLevel(logging.DEBUG)
+        logger.info(LOG_SUCCESS, {**success, "id": "t-2"})
+    finally:
+        root.setLevel(level)
+
+    text = stream.getvalue()
+    assert "[t-1] succeeded" not in text
+    assert "[t-1] received" in text
+    assert "[t-1] kept" in text
+    assert "[t-2] succeeded" in text  # at DEBUG everything Celery says is there
+
+
+def test_after_setup_logger_drops_celery_s_success_line_once(logger: logging.Logger) -> None:
+    trace = logging.getLogger("celery.app.trace")
+    setup = {"loglevel": logging.INFO, "logfile": None, "format": "", "colorize": False}
+    for _ in range(2):
+        after_setup_logger.send(sender=None, logger=logger, **setup)
+
+    assert sum(isinstance(f, DropCelerySuccessLine) for f in trace.filters) == 1
