@@ -5,17 +5,8 @@ name. The names under "Public contract" in DESIGN.md section 4 are promises to
 users; the rest are tuning knobs, prefixed ``CLIX_`` like the public ones.
 
 The settings also check themselves against each other, because several of the
-system's guarantees only hold when the numbers fit together:
-
-* every single wait (backoff cap, ``Retry-After`` cap) and the lease stay
-  under the broker's visibility timeout, and a whole delivery ends by
-  :attr:`Settings.delivery_deadline_s` (the visibility timeout less a margin),
-  or the Redis broker hands a message out again while its first delivery is
-  still running;
-* the lease outlives the longest gap between two lease renewals (one request
-  timeout plus one wait), or a live delivery loses its claim to a copy;
-* the idempotency window outlives the longest time a second copy of a trigger
-  can still arrive, or the same key sends twice.
+system's guarantees only hold when the numbers fit together
+(:mod:`config.contradictions`).
 
 Producers and the inspection commands never need the Clix credentials; a
 worker that sends calls :meth:`Settings.require_credentials` at start-up.
@@ -31,8 +22,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from config.redis_tls import tls_problems
-from config.sentinel import KOMBU_SCHEME, SentinelTarget, parse_sentinel_url
+from config.contradictions import contradictions
+from config.sentinel import SentinelTarget, parse_sentinel_url
 
 __all__ = ["ConfigurationError", "Settings", "get_settings", "is_cluster_url"]
 
@@ -318,87 +309,7 @@ class Settings(BaseSettings):
 
     def contradictions(self) -> list[str]:
         """Return every way in which the settings break a guarantee (empty: none)."""
-        vt = self.clix_visibility_timeout_s
-        problems: list[str] = []
-        if self.clix_backoff_initial_s > self.clix_backoff_max_s:
-            problems.append("CLIX_BACKOFF_INITIAL_S is larger than CLIX_BACKOFF_MAX_S")
-        for name, value in (
-            ("CLIX_BACKOFF_MAX_S", self.clix_backoff_max_s),
-            ("CLIX_RETRY_AFTER_MAX_S", self.clix_retry_after_max_s),
-            ("CLIX_RATE_LIMIT_MAX_WAIT_S", self.clix_rate_limit_max_wait_s),
-            ("CLIX_LEASE_S", self.clix_lease_s),
-            ("CLIX_UNACKED_RESTORE_INTERVAL_S", self.clix_unacked_restore_interval_s),
-        ):
-            if value >= vt:
-                problems.append(
-                    f"{name}={value:g} must stay under CLIX_VISIBILITY_TIMEOUT_S={vt:g}, "
-                    "or the broker redelivers messages that are still being worked on"
-                )
-        if self.delivery_deadline_s < self.clix_request_timeout_s:
-            problems.append(
-                f"CLIX_VISIBILITY_TIMEOUT_S={vt:g} leaves a delivery "
-                f"{self.delivery_deadline_s:g} s (after a {VISIBILITY_MARGIN_S:g} s margin), "
-                "less than one request "
-                f"(CLIX_REQUEST_TIMEOUT_S={self.clix_request_timeout_s:g}): raise the visibility "
-                "timeout or lower the request timeout"
-            )
-        if self.max_renewal_gap_s >= self.clix_lease_s:
-            problems.append(
-                f"CLIX_LEASE_S={self.clix_lease_s:g} must exceed one request timeout plus the "
-                f"longest single waits ({self.max_renewal_gap_s:g} s), or a live delivery "
-                "loses its claim between two renewals"
-            )
-        problems += self._cluster_contradictions()
-        if self.clix_idempotency_ttl_s <= self.retry_horizon_s:
-            problems.append(
-                f"CLIX_IDEMPOTENCY_TTL_S={self.clix_idempotency_ttl_s} must outlast the retry "
-                f"horizon ({self.retry_horizon_s:g} s: every delivery of a key, each up to the "
-                "visibility timeout), or a late copy of a trigger sends again"
-            )
-        problems.extend(tls_problems(self))
-        return problems + self._sentinel_problems()
-
-    def _sentinel_problems(self) -> list[str]:
-        problems: list[str] = []
-        if self.redis_url.lower().startswith(KOMBU_SCHEME):
-            problems.append(
-                "REDIS_URL: kombu's sentinel:// form has no master name; write "
-                "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]"
-            )
-            return problems
-        for name, url, master in (
-            ("REDIS_URL", self.redis_url, None),
-            ("CELERY_BROKER_URL", self.broker_url, self.clix_broker_sentinel_master),
-        ):
-            explicit = name == "REDIS_URL" or self.celery_broker_url is not None
-            if explicit and url.lower().startswith(("rediss+sentinel://", "sentinels://")):
-                # not refused silently: the URL would otherwise fail deep in a client
-                problems.append(
-                    f"{name}: TLS to a Sentinel-managed Redis is not supported yet; use "
-                    "redis+sentinel:// on a private network, or a TLS endpoint of the primary "
-                    "(rediss://) that your provider keeps pointing at the current primary"
-                )
-                continue
-            try:
-                parse_sentinel_url(url, master)
-            except ValueError as exc:
-                problems.append(f"{name}: {exc}")
-        return problems
-
-    def _cluster_contradictions(self) -> list[str]:
-        problems = []
-        if is_cluster_url(self.broker_url):
-            problems.append(
-                "CELERY_BROKER_URL is a Redis Cluster (or unset, so REDIS_URL is used): Celery's "
-                "broker must be RabbitMQ (amqp://) or a plain Redis (redis://); set "
-                "CELERY_BROKER_URL to one"
-            )
-        if self.store_is_cluster and self.key_slots == 1:
-            problems.append(
-                "CLIX_KEY_SLOTS=1 keeps keys untagged, which a Redis Cluster store cannot run "
-                "(CROSSSLOT): leave it unset (16) or set 2 or more"
-            )
-        return problems
+        return contradictions(self)
 
     # --- derived values ------------------------------------------------------
     @property
@@ -420,6 +331,11 @@ class Settings(BaseSettings):
     def store_is_cluster(self) -> bool:
         """Whether the store is a Redis Cluster (``redis+cluster://``)."""
         return is_cluster_url(self.redis_url)
+
+    @property
+    def broker_is_cluster(self) -> bool:
+        """Whether the broker URL names a Redis Cluster (which Celery cannot use as a broker)."""
+        return is_cluster_url(self.broker_url)
 
     @property
     def key_slots(self) -> int:
