@@ -15,7 +15,9 @@ import pytest
 
 from tests.integration.processes import ROOT, clean_env
 
-pytestmark = pytest.mark.integration
+# one xdist worker runs the bench and the chaos run one after the other (both keep the cores
+# busy), and runs this module whole (its module fixture is the bench run)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu_heavy")]
 
 
 @pytest.fixture(scope="module")

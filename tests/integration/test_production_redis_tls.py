@@ -35,7 +35,8 @@ from tests.integration.tls_redis import (
 )
 from worker.redis_server import RedisServer
 
-pytestmark = pytest.mark.integration
+# xdist_group: the whole module on one xdist worker (its CA and server are module fixtures)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("redis_tls")]
 
 WORKER_USER = "clix"
 
