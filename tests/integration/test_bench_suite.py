@@ -15,9 +15,7 @@ import pytest
 
 from tests.integration.processes import ROOT, clean_env
 
-# one xdist worker runs the bench and the chaos run one after the other (both keep the cores
-# busy), and runs this module whole (its module fixture is the bench run)
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cpu_heavy")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ import pytest
 
 from tests.integration.processes import ROOT, clean_env
 
-# xdist_group: never beside the bench smoke run (see test_bench_suite.py)
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.xdist_group("cpu_heavy")]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 FIELDS = ("sent", "delivered", "lost", "duplicate_sends", "ambiguous_counted", "dlq")
 QUICK_TRIGGERS = 600

@@ -35,8 +35,7 @@ from tests.integration.tls_redis import (
 )
 from worker.redis_server import RedisServer
 
-# xdist_group: the whole module on one xdist worker (its CA and server are module fixtures)
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("redis_tls")]
+pytestmark = pytest.mark.integration
 
 WORKER_USER = "clix"
 

@@ -27,8 +27,7 @@ from tests.integration.processes import SandboxProcess, clean_env, cli, wait_unt
 from tests.integration.sentinel import MASTER_NAME, SentinelGroup, sentinel_binary
 from tests.integration.test_lose_nothing import _accepted, _write_triggers
 
-# xdist_group: the whole module on one xdist worker (steady_group is a module fixture)
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("sentinel")]
+pytestmark = pytest.mark.integration
 
 
 def _group(*, appendonly: bool = False) -> SentinelGroup:

@@ -48,8 +48,6 @@ from worker.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_CAMPAIGN = "camp-9f3e-secret-campaign"
 SECRET_KEY = "order-77-secret-idempotency-key"
-#: The tests of the module fixture ``counted`` run on one xdist worker: it is made once.
-COUNTED_ONCE = pytest.mark.xdist_group("metrics_counted")
 
 
 @pytest.fixture
@@ -351,7 +349,6 @@ def test_metrics_port_reads_the_setting_or_the_environment(
     assert metrics_port(settings) is None
 
 
-@COUNTED_ONCE
 def test_served_page_sums_the_files_and_adds_the_gauges(
     counted: Path, fake_redis: fakeredis.FakeRedis, keys: KeySpace, dead_lettered: str
 ) -> None:
@@ -422,7 +419,6 @@ def _aggregate(directory: Path) -> CollectorRegistry:
     return registry
 
 
-@COUNTED_ONCE
 def test_two_processes_writing_one_directory_are_summed(counted: Path) -> None:
     registry = _aggregate(counted)
 
@@ -481,7 +477,6 @@ def test_forked_pool_processes_are_summed_in_a_fresh_directory(tmp_path: Path) -
     assert not Path(result["directory"]).exists()  # the temporary directory went at exit
 
 
-@COUNTED_ONCE
 def test_an_operator_directory_is_wiped_of_stale_files_and_kept(
     tmp_path: Path, counted: Path
 ) -> None:
