@@ -149,9 +149,14 @@ class Fleet:
             self.celery.conf.update(celery_config(self.settings()))
         return self.celery
 
-    def stop(self) -> None:
+    def stop(self, *, warm: bool = True) -> None:
+        """Stop the workers (``warm``: a warm shutdown; else SIGKILL, when nothing else uses
+        the fleet's Redis and no test looks at how the workers end), then the producer."""
         for worker in self.workers:
-            worker.stop()
+            if warm:
+                worker.stop()
+            else:
+                worker.kill()
         broker = self.env.get("CELERY_BROKER_URL", "")
         if broker.startswith("amqp") and self.celery is not None:
             # RabbitMQ queues are durable: do not leave test queues behind
@@ -217,7 +222,8 @@ def own_fleet(
 
     yield build
     for fleet in made:
-        fleet.stop()
+        # the Redis is this fleet's alone and the test is over: no warm shutdown to wait for
+        fleet.stop(warm=False)
 
 
 @pytest.fixture(scope="session")

@@ -200,6 +200,7 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        self._log.close()
 
     def stop(self) -> None:
         """Warm shutdown, then make sure nothing of it is left."""
