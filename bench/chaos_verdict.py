@@ -169,7 +169,10 @@ def _causes(key: str, accepted_at: list[float], events: list[FaultEvent]) -> lis
     """The faults that can explain why a key's first accepted send was not recorded.
 
     They must strike between that request's arrival and a moment after its answer
-    (held answers come late) by which the worker would have committed it.
+    (held answers come late) by which the worker would have committed it. A
+    store fault in that window holds the commit back (it is retried while the
+    store is away), so the window runs on to the fault's end: a worker killed
+    while it waits to commit explains the duplicate too.
     """
     delay = max(
         (float(e.detail.get("answer_delay_s", 0)) for e in events if e.detail.get("key") == key),
@@ -177,6 +180,13 @@ def _causes(key: str, accepted_at: list[float], events: list[FaultEvent]) -> lis
     )
     start = accepted_at[0] - _WINDOW_SLACK_S
     end = accepted_at[0] + delay + _COMMIT_SLACK_S
+    stretched = True
+    while stretched:  # a stretched window may reach another store fault
+        stretched = False
+        for event in events:
+            overlaps = not (event.detail.get("missed") or event.end < start or event.start > end)
+            if overlaps and event.kind in _STORE_FAULTS and event.end + _COMMIT_SLACK_S > end:
+                end, stretched = event.end + _COMMIT_SLACK_S, True
     found = set()
     for event in events:
         if event.detail.get("missed") or event.end < start or event.start > end:
