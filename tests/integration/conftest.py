@@ -11,7 +11,7 @@ import os
 import secrets
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.result import AsyncResult
 
 from config.celery_app import app, celery_config
 from config.connections import store_client
@@ -141,6 +142,15 @@ class Fleet:
     def send(self, **kwargs: Any) -> str:
         """Publish raw task kwargs the way a producer in another language would."""
         return str(self.producer().send_task("trigger_campaign", kwargs=kwargs).id)
+
+    def send_many(self, triggers: Iterable[dict[str, Any]]) -> list[AsyncResult]:
+        """Publish raw task kwargs over one pooled connection (a backlog, quickly)."""
+        producer = self.producer()
+        with producer.producer_or_acquire() as pool:
+            return [
+                producer.send_task("trigger_campaign", producer=pool, kwargs=kwargs)
+                for kwargs in triggers
+            ]
 
     def producer(self) -> Celery:
         """A Celery app configured like this fleet's producers."""

@@ -23,18 +23,10 @@ def _delivered_keys(sandbox: SandboxProcess, campaign: str) -> Counter[str]:
 
 def _send_many(fleet: Fleet, campaign: str, n: int) -> list[str]:
     keys = [f"k{i}" for i in range(n)]
-    producer = fleet.producer()
-    with producer.producer_or_acquire() as pool:
-        for key in keys:
-            producer.send_task(
-                "trigger_campaign",
-                producer=pool,
-                kwargs={
-                    "campaign_id": campaign,
-                    "idempotency_key": key,
-                    "properties": {"key": key},
-                },
-            )
+    fleet.send_many(
+        {"campaign_id": campaign, "idempotency_key": key, "properties": {"key": key}}
+        for key in keys
+    )
     return keys
 
 

@@ -2,66 +2,27 @@
 
 The broker runs on a Redis of its own here, so every command the store sees is
 ours (the ledger, the limiter, the breaker, the Celery result, the pending
-records) and the broker's fetch/ack traffic does not blur the count. MONITOR
-marks the commands a Lua script runs, so a script counts as the one round
-trip it is.
+records) and the broker's fetch/ack traffic does not blur the count. A script
+counts as the one round trip it is (tests/integration/redis_monitor.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import pytest
-import redis
 
 from tasks import ledger_scripts
 from tests.integration.conftest import Fleet
 from tests.integration.processes import SandboxProcess, wait_until
+from tests.integration.redis_monitor import CommandLog
 from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
 TRIGGERS = 400
-
-
-class CommandLog:
-    """MONITOR in a thread: every command clients send (not those scripts run)."""
-
-    def __init__(self, url: str) -> None:
-        self.conn = redis.Redis.from_url(url)
-        self.commands: Counter[str] = Counter()
-        #: EVALSHA calls by script sha
-        self.scripts: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> CommandLog:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self.conn.ping()  # wakes the monitor up so it sees the stop
-        self._thread.join(timeout=10)
-        self.conn.close()
-
-    def _run(self) -> None:
-        with self.conn.monitor() as monitor:
-            self._ready.set()
-            while not self._stop.is_set():
-                entry = monitor.next_command()
-                if entry.get("client_type") == "lua" or entry.get("client_address") == "lua":
-                    continue
-                words = str(entry["command"]).split()
-                self.commands[words[0].lower()] += 1
-                if words[0].lower() == "evalsha" and len(words) > 1:
-                    self.scripts[words[1]] += 1
 
 
 def test_a_delivered_trigger_costs_the_store_two_round_trips_of_our_own(
@@ -72,17 +33,9 @@ def test_a_delivered_trigger_costs_the_store_two_round_trips_of_our_own(
 ) -> None:
     broker = redis_factory()
     fleet = own_fleet(CELERY_BROKER_URL=broker.url)
-    producer = fleet.producer()
-    results = []
-    with producer.producer_or_acquire() as pool:
-        for i in range(TRIGGERS):
-            results.append(
-                producer.send_task(
-                    "trigger_campaign",
-                    producer=pool,
-                    kwargs={"campaign_id": campaign, "idempotency_key": f"k{i}"},
-                )
-            )
+    results = fleet.send_many(
+        {"campaign_id": campaign, "idempotency_key": f"k{i}"} for i in range(TRIGGERS)
+    )
     with CommandLog(fleet.redis_url) as log:  # the publishes' pending records are behind us
         started = time.monotonic()
         fleet.start_worker(concurrency=2)

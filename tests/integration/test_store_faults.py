@@ -92,14 +92,7 @@ def test_store_dropping_connections_every_second_loses_nothing_and_counts_every_
     clix = own_sandbox("--latency-ms", "100")
     fleet, proxy = store_behind_proxy(clix=clix)
     keys = [f"k{i}" for i in range(300)]
-    producer = fleet.producer()
-    with producer.producer_or_acquire() as pool:
-        for key in keys:
-            producer.send_task(
-                "trigger_campaign",
-                producer=pool,
-                kwargs={"campaign_id": campaign, "idempotency_key": key},
-            )
+    fleet.send_many({"campaign_id": campaign, "idempotency_key": key} for key in keys)
     stop = threading.Event()
 
     def cut_every_second() -> None:

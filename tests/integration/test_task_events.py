@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 
 from tests.integration.conftest import Fleet
 from tests.integration.processes import SandboxProcess, wait_until
+from tests.integration.redis_monitor import CommandLog
 from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -64,36 +64,6 @@ class EventLog:
             return all(self.seen.get(task_id) == set(EVENTS) for task_id in task_ids)
 
 
-class PublishCount:
-    """MONITOR on the broker: PUBLISH commands to Celery's task event channels."""
-
-    def __init__(self, url: str) -> None:
-        self.conn = redis.Redis.from_url(url)
-        self.task_event_publishes = 0
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.conn.monitor() as monitor:
-            self._ready.set()
-            while not self._stop.is_set():
-                words = str(monitor.next_command()["command"]).split()
-                if words[0].upper() == "PUBLISH" and "celeryev/task." in words[1]:
-                    self.task_event_publishes += 1
-
-    def __enter__(self) -> PublishCount:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self.conn.ping()  # wakes the monitor up so it sees the stop
-        self._thread.join(timeout=10)
-        self.conn.close()
-
-
 def test_every_trigger_s_task_events_reach_a_monitor_in_far_fewer_publishes_than_triggers(
     own_fleet: Callable[..., Fleet],
     redis_factory: Callable[[], RedisServer],
@@ -102,21 +72,17 @@ def test_every_trigger_s_task_events_reach_a_monitor_in_far_fewer_publishes_than
 ) -> None:
     broker = redis_factory()
     fleet = own_fleet(CELERY_BROKER_URL=broker.url)
-    producer = fleet.producer()
-    with producer.producer_or_acquire() as pool:
-        task_ids = [
-            producer.send_task(
-                "trigger_campaign",
-                producer=pool,
-                kwargs={"campaign_id": campaign, "idempotency_key": f"k{i}"},
-            ).id
-            for i in range(TRIGGERS)
-        ]
+    task_ids = [
+        result.id
+        for result in fleet.send_many(
+            {"campaign_id": campaign, "idempotency_key": f"k{i}"} for i in range(TRIGGERS)
+        )
+    ]
     events = EventLog(fleet).start()
     try:
         # the receiver listens before the first event can be sent
         wait_until(lambda: broker.client().pubsub_numpat() > 0, 30, "the event receiver")
-        with PublishCount(broker.url) as publishes:
+        with CommandLog(broker.url) as broker_log:
             fleet.start_worker(pool=None, concurrency=None)  # the README's worker
             wait_until(lambda: events.complete(task_ids), 120, "every trigger's task events")
         sent = sum(1 for r in sandbox.requests(campaign) if r["status"] == 200)
@@ -125,4 +91,7 @@ def test_every_trigger_s_task_events_reach_a_monitor_in_far_fewer_publishes_than
 
     assert sent == TRIGGERS
     # Celery's own flush publishes about once per trigger; batches carry many
-    assert 0 < publishes.task_event_publishes < TRIGGERS / 2, publishes.task_event_publishes
+    task_event_publishes = sum(
+        n for channel, n in broker_log.publishes.items() if "celeryev/task." in channel
+    )
+    assert 0 < task_event_publishes < TRIGGERS / 2, broker_log.publishes

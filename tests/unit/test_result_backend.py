@@ -6,6 +6,7 @@ to one fakeredis server, which is where subscriptions are observed.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import fakeredis
 import pytest
 from celery import Celery
+from celery.result import AsyncResult
 
 from config.celery_app import TASK_NAME, app
 from config.result_backend import ClixCelery, SubscribeOnWait
@@ -47,6 +49,17 @@ def _wait_for(check: Callable[[], Any], what: str, timeout_s: float = 5.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _waiting(result: AsyncResult, fake_redis: fakeredis.FakeRedis) -> Iterator[dict[str, Any]]:
+    """``result.get()`` in a thread, subscribed when the block runs; what it got, after."""
+    got: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: got.update(value=result.get(timeout=10)))
+    waiter.start()
+    _wait_for(fake_redis.pubsub_channels, "get() to subscribe")
+    yield got
+    waiter.join(timeout=15)
 
 
 def test_the_project_app_uses_a_backend_that_does_not_subscribe_on_publish() -> None:
@@ -86,13 +99,9 @@ def test_get_receives_a_result_stored_while_it_waits(
 ) -> None:
     producer, worker = make_app(ClixCelery), make_app(Celery)
     result = producer.send_task(TASK_NAME, kwargs={"campaign_id": "c", "idempotency_key": "k"})
-    got: dict[str, Any] = {}
-    waiter = threading.Thread(target=lambda: got.update(value=result.get(timeout=10)))
 
-    waiter.start()
-    _wait_for(fake_redis.pubsub_channels, "get() to subscribe")
-    worker.backend.store_result(result.id, {"trigger_id": "trg-2"}, "SUCCESS")
-    waiter.join(timeout=15)
+    with _waiting(result, fake_redis) as got:
+        worker.backend.store_result(result.id, {"trigger_id": "trg-2"}, "SUCCESS")
 
     assert got == {"value": {"trigger_id": "trg-2"}}
     assert fake_redis.pubsub_channels() == []  # unsubscribed once the result arrived
@@ -106,14 +115,10 @@ def test_get_finds_a_result_stored_before_its_subscription_took_effect(
     # stand-in stores it without publishing, after get() has read and subscribed.
     producer, worker = make_app(ClixCelery), make_app(Celery)
     result = producer.send_task(TASK_NAME, kwargs={"campaign_id": "c", "idempotency_key": "k"})
-    got: dict[str, Any] = {}
-    waiter = threading.Thread(target=lambda: got.update(value=result.get(timeout=10)))
-
-    waiter.start()
-    _wait_for(fake_redis.pubsub_channels, "get() to subscribe")
     meta = {"status": "SUCCESS", "result": {"trigger_id": "trg-3"}, "task_id": result.id}
-    fake_redis.set(worker.backend.get_key_for_task(result.id), worker.backend.encode(meta))
-    waiter.join(timeout=15)
+
+    with _waiting(result, fake_redis) as got:
+        fake_redis.set(worker.backend.get_key_for_task(result.id), worker.backend.encode(meta))
 
     assert got == {"value": {"trigger_id": "trg-3"}}
     assert fake_redis.pubsub_channels() == []
