@@ -37,6 +37,11 @@ __all__ = ["RetryPolicy", "backoff_wait", "stop_when_budget_spent"]
 
 T = TypeVar("T")
 
+#: The jitter's random numbers, shared by every delivery of the process (seeding
+#: a generator per delivery read the OS's entropy once per trigger); ``random()``
+#: is safe to call from the pool's threads.
+_JITTER = random.Random()
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -76,7 +81,7 @@ class RetryPolicy:
         ``remaining_s`` tells how much of the delivery's deadline is left: no
         wait starts that, with one more request after it, would overrun it.
         """
-        wait = backoff_wait(self, rng or random.Random())
+        wait = backoff_wait(self, rng or _JITTER)
         return Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_when_budget_spent(self, remaining_s),
