@@ -20,6 +20,7 @@ The sleep function is a constructor argument (tests pass a recorder).
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -39,8 +40,10 @@ T = TypeVar("T")
 
 #: The jitter's random numbers, shared by every delivery of the process (seeding
 #: a generator per delivery read the OS's entropy once per trigger); ``random()``
-#: is safe to call from the pool's threads.
+#: is safe to call from the pool's threads. Reseeded in a forked pool process:
+#: copies of one state would retry in step, which the jitter is there to prevent.
 _JITTER = random.Random()
+os.register_at_fork(after_in_child=_JITTER.seed)
 
 
 @dataclass(frozen=True, slots=True)
