@@ -36,6 +36,8 @@ def test_compose_flower_refuses_to_start_without_basic_auth() -> None:
 def test_compose_worker_scales_and_sandbox_is_opt_in() -> None:
     services = _compose()["services"]
     assert "container_name" not in services["worker"]  # --scale needs generated names
+    # a process uses one core at most: by default one per core of a 2-core machine
+    assert services["worker"]["deploy"]["replicas"] == "${WORKER_REPLICAS:-2}"
     assert services["worker"]["command"][:4] == ["celery", "-A", "worker", "worker"]
     assert services["sandbox"]["profiles"] == ["sandbox"]
 
