@@ -56,6 +56,8 @@ class WorkerContext:
     """Everything a delivery uses, built once per process."""
 
     settings: Settings
+    #: ``CLIX_PROJECT_ID``, checked present when the context was built
+    project_id: str
     conn: redis.Redis
     store: IdempotencyStore
     dlq: DeadLetterQueue
@@ -80,6 +82,7 @@ class WorkerContext:
         project_id, _ = settings.require_credentials()
         return cls(
             settings=settings,
+            project_id=project_id,
             conn=conn,
             store=idempotency_store(settings, conn),
             dlq=dead_letter_queue(settings, conn),

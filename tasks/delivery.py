@@ -107,7 +107,7 @@ class Delivery:
         self.kwargs = kwargs
         self.sleep = sleep
         self.owner = new_owner(task_id)
-        self.project_id, _ = ctx.settings.require_credentials()
+        self.project_id = ctx.project_id
         self.trigger: TriggerRequest | None = None
         self.scope: Scope | None = None
         self.claim: Claim | None = None

@@ -128,6 +128,9 @@ class TriggerTask(Task):  # type: ignore[misc]
     # worker logs our one structured line instead of a traceback.
     throws = (DeadLettered,)
     typing = False  # the worker validates kwargs itself and dead-letters bad ones
+    #: whether the ledger's commit writes the Celery result, decided once for the
+    #: settings it names (see :func:`result_writer`), not at every trigger
+    results_in_commit: tuple[Settings, bool] | None = None
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
@@ -218,13 +221,12 @@ def result_writer(
     encoded meta, same expiry) and the commit publishes it as Celery does, so
     ``AsyncResult.get()`` works unchanged.
     """
-    backend = task.backend
-    if not isinstance(backend, RedisBackend) or task.app.conf.result_backend != result_backend_url(
-        settings
-    ):
+    decided = task.results_in_commit
+    if decided is None or decided[0] is not settings:
+        decided = task.results_in_commit = (settings, _commit_can_write_results(task, settings))
+    if not decided[1]:
         return None
-    if task.app.conf.result_extended:
-        return None  # the extended meta carries the request: leave it to Celery
+    backend = task.backend
     request = task.request
     task_id = request.id
 
@@ -239,3 +241,12 @@ def result_writer(
         )
 
     return record
+
+
+def _commit_can_write_results(task: TriggerTask, settings: Settings) -> bool:
+    """Whether the app stores results in the store's Redis, unextended (what the commit writes)."""
+    if not isinstance(task.backend, RedisBackend):
+        return False
+    if task.app.conf.result_backend != result_backend_url(settings):
+        return False
+    return not task.app.conf.result_extended  # the extended meta carries the request: Celery's
