@@ -9,6 +9,12 @@ way an application configures it. Prints one JSON object.
 the suite does: it starts the suite's stack (bench/stack.py), runs the child
 above against it and prints its JSON (default N: the suite's full size).
 
+It runs twice: with the broker in the store's Redis (the README's default,
+``CELERY_BROKER_URL`` unset: a publish writes its pending record in the script
+that pushes the message) and with a broker Redis of its own (the record is a
+round trip of its own before the publish). The top-level figures are the
+default's; ``broker_apart`` holds the other run.
+
 * ``apply_async``: a bare Celery app on the same broker and queue, a task named
   ``trigger_campaign``, the same kwargs; no validation, no pending record.
 * ``enqueue_trigger``: the producer API, one call per trigger.
@@ -35,7 +41,7 @@ from celery import Celery
 from bench.load import typical_trigger
 from bench.stack import Stack
 
-ROUNDS = 3
+ROUNDS = 5
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,7 +58,8 @@ def main() -> int:
     from tasks import enqueue_many, enqueue_trigger
 
     queue = os.environ["CLIX_QUEUE"]
-    bare = Celery("bare-producer", broker=os.environ["CELERY_BROKER_URL"])
+    broker = os.environ.get("CELERY_BROKER_URL") or os.environ["REDIS_URL"]  # as Settings reads it
+    bare = Celery("bare-producer", broker=broker)
     bare.conf.update(task_default_queue=queue)
 
     @bare.task(name="trigger_campaign")  # type: ignore[untyped-decorator]
@@ -107,11 +114,22 @@ def main() -> int:
 
 
 def enqueue_rates(stack: Stack, triggers: int) -> dict[str, Any]:
+    """Both runs of bench/enqueue.py: the broker in the store (top level), and apart."""
+    default = _child(stack, triggers, broker_is_store=True)
+    default["broker"] = "the store's Redis (CELERY_BROKER_URL unset)"
+    default["broker_apart"] = _child(stack, triggers, broker_is_store=False)
+    return default
+
+
+def _child(stack: Stack, triggers: int, *, broker_is_store: bool) -> dict[str, Any]:
     """bench/enqueue.py in a process of its own, configured through its environment."""
     run = stack.new_run("clix")
+    env = dict(run.env)
+    if broker_is_store:
+        env.pop("CELERY_BROKER_URL", None)
     done = subprocess.run(
         [sys.executable, "-m", "bench.enqueue", str(triggers)],
-        env=run.env,
+        env=env,
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -61,6 +61,7 @@ from typing import Any
 
 from celery import Celery
 
+from config.broker_transport import transport_for
 from config.redis_tls import tls_options
 from config.result_backend import ClixCelery
 from config.sentinel import SentinelTarget, sentinel_kwargs
@@ -138,6 +139,7 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
         backend_options.update(_sentinel_options(settings, settings.store_sentinel))
     config: dict[str, Any] = {
         "broker_url": broker_url,
+        "broker_transport": transport_for(broker_url),
         "result_backend": result_backend_url(settings),
         "broker_transport_options": broker_options,
         "result_backend_transport_options": backend_options,

@@ -23,6 +23,15 @@ The enqueue time is the store's clock (Redis ``TIME``, read by the script that
 writes the record), never the producer's: the reconciler compares it with its
 own cutoff and with the stamps of other producers' messages, so hosts need not
 agree on the time. The same stamp goes into the message header.
+
+When the broker is the store's Redis (the default: ``CELERY_BROKER_URL`` unset),
+a single publish does not write first and publish second:
+:meth:`PendingLedger.carry` hands the publish a script that writes the record
+and pushes the message together (:mod:`config.broker_transport`). That is one
+round trip instead of two, and the two are atomic: a publish that fails has
+written nothing. The stamp must then be known before the script runs; it
+comes from :class:`~tasks.store_clock.StoreClock`, the store's clock read once
+every few seconds.
 """
 
 from __future__ import annotations
@@ -35,10 +44,18 @@ from typing import Any
 
 import redis
 
+from config.broker_transport import carry_with_push
 from config.keys import Bucket, KeySpace
 from tasks.indexes import scored_range, total_members
+from tasks.store_clock import StoreClock
 
-__all__ = ["ENQUEUED_AT_HEADER", "RECORD_SCRIPT", "PendingLedger", "PendingTrigger"]
+__all__ = [
+    "ENQUEUED_AT_HEADER",
+    "RECORD_AND_PUSH_SCRIPT",
+    "RECORD_SCRIPT",
+    "PendingLedger",
+    "PendingTrigger",
+]
 
 #: Message header carrying the enqueue time (ms) that the pending record has
 #: too: the reconciler compares it with the oldest message still queued.
@@ -61,6 +78,16 @@ for i = 1, #KEYS - 1 do
   redis.call('ZADD', index, stamp, KEYS[i])
 end
 return tonumber(stamp)
+"""
+
+#: Writes one pending record and pushes its message (the broker is the store).
+#: KEYS: the record's key, its index, the queue's list. ARGV: ttl_s, stamp, the
+#: kwargs as JSON, the serialised message. The record first, as in two steps.
+RECORD_AND_PUSH_SCRIPT = """
+local value = '{"kwargs":' .. ARGV[3] .. ',"enqueued_at_ms":' .. ARGV[2] .. '}'
+redis.call('SET', KEYS[1], value, 'EX', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
+return redis.call('LPUSH', KEYS[3], ARGV[4])
 """
 
 
@@ -90,7 +117,9 @@ class PendingLedger:
         # None: the store's clock (Redis TIME), shared by every host (production);
         # a function (seconds): tests that move time by hand
         self._clock = clock
+        self._store_clock = StoreClock(redis_client)
         self._record = redis_client.register_script(RECORD_SCRIPT)
+        self._record_and_push = redis_client.register_script(RECORD_AND_PUSH_SCRIPT)
 
     def now_ms(self) -> int:
         """The store's time in ms: what records are stamped with and judged by."""
@@ -123,6 +152,29 @@ class PendingLedger:
                 self._record(keys=[*keys, bucket.pending_index], args=[self.ttl_s, stamp, *values])
             )
         return int(stamp)
+
+    def carry(self, kwargs: dict[str, Any], message_id: str) -> int:
+        """Have the publish of message ``message_id`` write its record too; return the stamp.
+
+        For a broker that is this store's Redis, behind
+        :func:`config.broker_transport.carries_pushes`: the next publish of
+        that message runs :data:`RECORD_AND_PUSH_SCRIPT` on the broker's
+        connection instead of its LPUSH. Nothing is sent here. The stamp is
+        the store's clock as :class:`~tasks.store_clock.StoreClock` tells it
+        (the ledger's test clock, when it has one).
+        """
+        campaign, key = kwargs["campaign_id"], kwargs["idempotency_key"]
+        record_key = self.keys.pending(campaign, key)
+        index = self.keys.bucket_for(campaign, key).pending_index
+        stamp = self.now_ms() if self._clock is not None else self._store_clock.now_ms()
+        args: list[str | int] = [self.ttl_s, stamp, json.dumps(kwargs, separators=(",", ":"))]
+
+        def push(client: redis.Redis, queue_key: str, message: str) -> None:
+            keys = [record_key, index, queue_key]
+            self._record_and_push(keys=keys, args=[*args, message], client=client)
+
+        carry_with_push(message_id, push)
+        return stamp
 
     def get(self, key: str) -> PendingTrigger | None:
         """The record at ``key`` (an index member), or None."""

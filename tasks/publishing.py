@@ -27,6 +27,11 @@ Celery logs and swallows an exception raised by a signal handler, so a store
 that cannot be written cannot stop the publish here: the message goes out
 without a record (delivered as usual unless its worker dies in that gap) and an
 error line names the trigger. ``enqueue_trigger`` raises instead.
+
+When the broker is the store's Redis, neither writes the record on its own:
+:func:`pend` hands it to the publish, which writes record and message in one
+script (:meth:`~tasks.pending.PendingLedger.carry`), so a failed publish
+writes neither and raises.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
-from celery.signals import before_task_publish
+from celery.signals import after_task_publish, before_task_publish
 
+from config.broker_transport import carried_push_left, carries_pushes
 from config.celery_app import TASK_NAME, app, app_settings
 from config.keys import KeySpace
 from config.settings import Settings
@@ -47,7 +53,7 @@ from tasks import context
 from tasks.pending import ENQUEUED_AT_HEADER, PendingLedger
 from tasks.schedule import ScheduleStore
 
-__all__ = ["PendingRecorder", "record_pending", "trigger_kwargs"]
+__all__ = ["PendingRecorder", "pend", "record_pending", "record_rides_publish", "trigger_kwargs"]
 
 logger = logging.getLogger("clix.producer")
 
@@ -67,6 +73,34 @@ def trigger_kwargs(body: Any) -> dict[str, Any] | None:
     if not isinstance(kwargs.get("idempotency_key"), str):
         return None
     return kwargs
+
+
+def record_rides_publish(celery_app: Celery, settings: Settings) -> bool:
+    """Whether a publish through ``celery_app`` can write its own pending record.
+
+    Yes when the broker is the store's Redis (the same URL) and the app
+    publishes through :mod:`config.broker_transport`'s channel.
+    """
+    store = settings.redis_url
+    return settings.broker_url == store == celery_app.conf.broker_url and carries_pushes(celery_app)
+
+
+def pend(
+    celery_app: Celery,
+    settings: Settings,
+    ledger: PendingLedger,
+    kwargs: dict[str, Any],
+    message_id: str,
+) -> int:
+    """Make sure message ``message_id`` has a pending record; return its stamp.
+
+    Handed to the publish when it can write it (one round trip for both, see
+    :func:`record_rides_publish`), else written now: a round trip before the
+    publish. Either way the record exists before the message can be taken.
+    """
+    if message_id and record_rides_publish(celery_app, settings):
+        return ledger.carry(kwargs, message_id)
+    return ledger.record([kwargs])
 
 
 class PendingRecorder:
@@ -127,8 +161,10 @@ class PendingRecorder:
             self._schedule_instead(kwargs, headers)
             return
         try:
-            ledger = self.ledger_for(app_settings(self.app))
-            headers[ENQUEUED_AT_HEADER] = ledger.record([kwargs])
+            settings = app_settings(self.app)
+            ledger = self.ledger_for(settings)
+            message_id = str((properties or {}).get("correlation_id") or "")
+            headers[ENQUEUED_AT_HEADER] = pend(self.app, settings, ledger, kwargs, message_id)
         except Exception as exc:  # noqa: BLE001 - Celery would swallow it; say which trigger
             logger.error(
                 "published without a pending record (the store could not be written): "
@@ -136,6 +172,33 @@ class PendingRecorder:
                 kwargs["campaign_id"],
                 kwargs["idempotency_key"],
                 type(exc).__name__,
+            )
+
+    def after_publish(
+        self, sender: str | None = None, body: Any = None, headers: Any = None, **_: Any
+    ) -> None:
+        """The ``after_task_publish`` receiver: write a record the publish left behind.
+
+        A producer built by hand on a plain kombu connection publishes with
+        kombu's own LPUSH, which ignores the record :func:`pend` handed over.
+        The record then follows its message by a round trip instead of being
+        lost.
+        """
+        if sender != TASK_NAME or not isinstance(headers, dict):
+            return
+        if not carried_push_left(str(headers.get("id"))):
+            return  # the usual case: the publish wrote it
+        kwargs = trigger_kwargs(body)
+        stamp = headers.get(ENQUEUED_AT_HEADER)
+        if kwargs is not None and isinstance(stamp, int):
+            ledger = self.ledger_for(app_settings(self.app))
+            ledger.record([kwargs], enqueued_at_ms=stamp)
+            logger.info(
+                "a trigger was published through a connection without this project's broker "
+                "transport; its pending record was written after it: "
+                "campaign_id=%s idempotency_key=%s",
+                kwargs["campaign_id"],
+                kwargs["idempotency_key"],
             )
 
     def _schedule_instead(self, kwargs: dict[str, Any], headers: dict[str, Any]) -> None:
@@ -175,4 +238,10 @@ class PendingRecorder:
 record_pending = PendingRecorder(app)
 before_task_publish.connect(
     record_pending, sender=TASK_NAME, weak=False, dispatch_uid="clix-pending-record"
+)
+after_task_publish.connect(
+    record_pending.after_publish,
+    sender=TASK_NAME,
+    weak=False,
+    dispatch_uid="clix-pending-record-after",
 )

@@ -25,11 +25,11 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request as CeleryRequest
 from kombu.transport.redis import QoS as RedisQoS
+from kombu.utils.uuid import uuid
 
 from config.celery_app import TASK_NAME, app, app_settings, result_backend_url
 from config.settings import Settings
 from tasks import context
-from tasks import publishing as _publishing  # noqa: F401 - records send_task publishes
 from tasks.delivery import Delivery, EarlyCopy, RequeueMessage
 from tasks.errors import (
     DeadLettered,
@@ -39,6 +39,7 @@ from tasks.idempotency import ResultRecord
 from tasks.models import TriggerRequest
 from tasks.pending import ENQUEUED_AT_HEADER
 from tasks.plans import check_contract
+from tasks.publishing import pend  # the module also records send_task publishes
 from tasks.scheduler import schedule_trigger, when_from
 
 __all__ = [
@@ -161,8 +162,15 @@ class TriggerTask(Task):  # type: ignore[misc]
                     return self.AsyncResult(scheduled.task_id)
                 # the key is queued, in flight, done or cancelled: publish a copy now,
                 # which the worker answers as a duplicate with the first result
-            # stamped by the store's clock; a failed write raises here, before publishing
-            enqueued_at_ms = context.producer_ledger(settings).record([clean])
+            # stamped by the store's clock; written now (a failure raises before
+            # publishing) or by the publish itself (a failure writes neither)
+            ledger = context.producer_ledger(settings)
+            if "producer" in options or "connection" in options:
+                # the caller's own producer may not be on our broker channel
+                enqueued_at_ms = ledger.record([clean])
+            else:
+                options["task_id"] = task_id = options.get("task_id") or uuid()
+                enqueued_at_ms = pend(self.app, settings, ledger, clean, task_id)
         return self.publish_recorded(clean, enqueued_at_ms, **options)
 
     def publish_recorded(self, clean: dict[str, Any], enqueued_at_ms: int, **options: Any) -> Any:

@@ -1,0 +1,170 @@
+"""The broker's channel (config/broker_transport.py) against a real Redis of its own.
+
+One client per connection pool, and a publish that writes its pending record
+in the script that pushes it when the broker is the store.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from config.celery_app import celery_config
+from config.keys import KeySpace
+from config.result_backend import ClixCelery
+from config.settings import Settings
+from tasks.pending import ENQUEUED_AT_HEADER
+from tests.integration.processes import clean_env
+from tests.integration.redis_monitor import CommandLog
+from worker.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+TRIGGERS = 25
+
+#: A producer process: enqueue_trigger for keys k0..k{n-1}, then send_task for s0..s{n-1}.
+_PRODUCER = """
+import sys
+from tasks import enqueue_trigger
+from worker import app
+
+campaign, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    enqueue_trigger(campaign, f"k{i}", properties={"n": i})
+for i in range(n):
+    app.send_task("trigger_campaign", kwargs={"campaign_id": campaign, "idempotency_key": f"s{i}"})
+"""
+
+
+def _produce(env: dict[str, str], campaign: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _PRODUCER, campaign, str(TRIGGERS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _env(store: str, broker: str | None = None) -> tuple[dict[str, str], str, KeySpace]:
+    suffix = uuid.uuid4().hex[:8]
+    queue, prefix = f"clix.transport.{suffix}", f"t{suffix}"
+    extra = {"CELERY_BROKER_URL": broker} if broker else {}
+    env = clean_env(REDIS_URL=store, CLIX_QUEUE=queue, CLIX_KEY_PREFIX=prefix, **extra)
+    return env, queue, KeySpace(prefix)
+
+
+def _queued_stamps(conn: redis.Redis, queue: str) -> dict[str, int]:
+    stamps = {}
+    for raw in conn.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        key = message["headers"]["kwargsrepr"].split("'idempotency_key': '")[1].split("'")[0]
+        stamps[key] = int(message["headers"][ENQUEUED_AT_HEADER])
+    return stamps
+
+
+def test_with_the_broker_in_the_store_each_publish_is_one_script_writing_record_and_message(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    env, queue, keys = _env(server.url)
+    campaign = "transport-one-trip"
+    with CommandLog(server.url) as log:
+        _produce(env, campaign)
+    conn = redis.Redis.from_url(server.url)
+    # no LPUSH of its own and no TIME per publish: the script pushed every message
+    assert log.commands.get("lpush", 0) == 0, dict(log.commands)
+    assert log.commands.get("time", 0) <= 2, dict(log.commands)
+    # one EVALSHA per publish (plus, at most, one NOSCRIPT retry with SCRIPT LOAD)
+    assert 2 * TRIGGERS <= log.commands["evalsha"] <= 2 * TRIGGERS + 1, dict(log.commands)
+    stamps = _queued_stamps(conn, queue)
+    assert len(stamps) == 2 * TRIGGERS
+    for key, stamp in stamps.items():
+        record = json.loads(conn.get(keys.pending(campaign, key)) or b"null")
+        assert record["kwargs"]["idempotency_key"] == key
+        # the record and its message carry the same stamp, on the store's clock
+        assert record["enqueued_at_ms"] == stamp
+        assert conn.zscore(keys.bucket(0).pending_index, keys.pending(campaign, key)) == stamp
+    store_ms = int(conn.time()[0]) * 1000
+    assert all(store_ms - 120_000 < s <= store_ms + 1_000 for s in stamps.values())
+
+
+def test_with_a_broker_of_its_own_the_record_is_written_first_then_the_message_pushed(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    store, broker = redis_factory(), redis_factory()
+    env, queue, keys = _env(store.url, broker.url)
+    campaign = "transport-two-servers"
+    with CommandLog(broker.url) as broker_log:
+        _produce(env, campaign)
+    assert broker_log.commands["lpush"] == 2 * TRIGGERS
+    stamps = _queued_stamps(redis.Redis.from_url(broker.url), queue)
+    conn = redis.Redis.from_url(store.url)
+    assert len(stamps) == 2 * TRIGGERS
+    for key, stamp in stamps.items():
+        record = json.loads(conn.get(keys.pending(campaign, key)) or b"null")
+        assert record["enqueued_at_ms"] == stamp
+
+
+def _app(settings: Settings) -> ClixCelery:
+    app = ClixCelery(f"transport-{uuid.uuid4().hex[:6]}")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def test_a_channel_keeps_one_client_until_kombu_replaces_its_pool(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    app = _app(Settings(_env_file=None, redis_url=server.url))  # type: ignore[call-arg]
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first.connection_pool is channel.pool
+        channel._disconnect_pools()  # what kombu does after a connection error
+        with channel.conn_or_acquire() as after:
+            assert after is not first
+            assert after.connection_pool is channel.pool
+            assert after.ping()
+
+
+#: send_task through a producer made by hand on a plain kombu connection.
+_PLAIN_KOMBU_PRODUCER = """
+import os
+from kombu import Connection
+from worker import app
+
+with Connection(os.environ["REDIS_URL"]) as conn:
+    kwargs = {"campaign_id": "transport-plain", "idempotency_key": "by-hand"}
+    app.send_task("trigger_campaign", kwargs=kwargs, producer=conn.Producer())
+"""
+
+
+def test_a_publish_through_a_plain_kombu_producer_still_leaves_a_record(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    env, queue, keys = _env(server.url)
+    done = subprocess.run(
+        [sys.executable, "-c", _PLAIN_KOMBU_PRODUCER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    conn = redis.Redis.from_url(server.url)
+    # kombu's own LPUSH ignored the record handed to it; the record followed
+    stamps = _queued_stamps(conn, queue)
+    record = json.loads(conn.get(keys.pending("transport-plain", "by-hand")) or b"null")
+    assert record["enqueued_at_ms"] == stamps["by-hand"]
