@@ -75,6 +75,37 @@ def trigger_kwargs(body: Any) -> dict[str, Any] | None:
     return kwargs
 
 
+#: Headers Celery writes into every message whose value is what its worker
+#: assumes when the header is absent (``celery.worker.request.Request`` reads
+#: each with ``.get``, ``celery.app.task.Context`` has the same defaults).
+#: Dropped from our messages: about 250 of a queued trigger's bytes.
+_DEFAULT_HEADERS: dict[str, Any] = {
+    "lang": "py",
+    "shadow": None,
+    "eta": None,
+    "expires": None,
+    "group": None,
+    "group_index": None,
+    "retries": 0,
+    "parent_id": None,
+    "ignore_result": False,
+    "replaced_task_nesting": 0,
+    "stamped_headers": None,
+    "stamps": {},
+}
+
+
+def _drop_default_headers(headers: dict[str, Any]) -> None:
+    for name, default in _DEFAULT_HEADERS.items():
+        if name in headers and headers[name] == default:
+            del headers[name]
+    if tuple(headers.get("timelimit") or ()) == (None, None):
+        del headers["timelimit"]  # no limits: the worker's own defaults apply
+    if headers.get("root_id") is not None and headers.get("root_id") == headers.get("id"):
+        # a trigger is its own root (nothing chains it): the id says it already
+        del headers["root_id"]
+
+
 def record_rides_publish(celery_app: Celery, settings: Settings) -> bool:
     """Whether a publish through ``celery_app`` can write its own pending record.
 
@@ -152,6 +183,8 @@ class PendingRecorder:
             if not str(self.app.conf.result_backend or "").startswith("rpc"):
                 # the publisher's reply queue: only the rpc:// result backend answers there
                 properties.pop("reply_to", None)
+        if headers is not None:
+            _drop_default_headers(headers)
         if headers is None or ENQUEUED_AT_HEADER in headers:
             return  # written by enqueue_trigger, the bulk path or the reconciler
         kwargs = trigger_kwargs(body)
