@@ -118,7 +118,8 @@ class _ClientPerPool:
         if carried is None or carried[0] != message.get("properties", {}).get("correlation_id"):
             super()._put(queue, message, **kwargs)  # type: ignore[misc]
             return
-        if kwargs.get("_publish_batch") is not None or queue in (self._expires or {}):  # type: ignore[attr-defined]
+        expiring = getattr(self, "_expires", None) or {}  # kombu >= 5.5
+        if kwargs.get("_publish_batch") is not None or queue in expiring:
             # never configured by this project; a push without its write would lose it
             raise RuntimeError("a carried push cannot go through a publish batch or expiring queue")
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))  # type: ignore[attr-defined]
