@@ -3,10 +3,9 @@
 kombu's Redis channel, changed in two ways. The app names the transport in
 ``broker_transport`` (:func:`transport_for`, set by :mod:`config.celery_app`);
 the broker URL is unchanged and other Celery apps in the process keep kombu's
-channel. The app's connections (Celery's documented ``amqp`` class,
-:class:`BrokerAMQP`) resolve our transport back to its URL scheme, so
-``as_uri()`` still says ``redis://`` to the worker's banner and to Flower,
-which picks its broker client by that scheme.
+channel. Our transports are registered with kombu's connection as aliases of
+their URL scheme, so ``as_uri()`` still says ``redis://`` to the worker's
+banner and to Flower, which picks its broker client by that scheme.
 
 * **One client per connection pool.** kombu builds a new ``redis.Redis`` for
   every publish and every acknowledgement (``conn_or_acquire``). redis-py 8's
@@ -16,73 +15,92 @@ which picks its broker client by that scheme.
   the channel keeps one per pool. It builds a new one only when kombu
   replaces its pool, which happens after a connection error.
 * **A push that carries a write.** Before a publish, a publisher may hand the
-  message a :data:`PushWith` function (:func:`carry_with_push`, keyed by the
-  message's correlation id, which Celery sets to the task id). The channel
-  then calls it with its client, the list key and the serialised message, in
-  place of its own LPUSH. :mod:`tasks.pending` uses this to write a pending
-  record and push its message in one script: one round trip, atomic, when the
-  broker is the store's Redis. kombu retries a failed publish through
-  ``_put``; the carried function stays until a push succeeds, so a retry
-  carries it too.
+  message a :class:`CarriedWrite` (:func:`carry`, keyed by the message's
+  correlation id, which Celery sets to the task id). The channel then lets
+  it push the serialised message in place of its own LPUSH.
+  :mod:`tasks.pending` uses this to write a pending record and push its
+  message in one script: one round trip, atomic, when the broker is the
+  store's Redis. A publish into a kombu publish batch, or to a queue with an
+  expiry, gets the write on its own first and kombu's push after it. kombu
+  retries a failed publish through ``_put``: a carried write stays until a
+  push succeeds, so a retry carries it too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from celery import Celery
-from celery.app.amqp import AMQP
 from kombu.connection import Connection
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 __all__ = [
-    "BrokerAMQP",
-    "BrokerConnection",
-    "PushWith",
-    "carried_push_left",
+    "CarriedWrite",
+    "carried_write_left",
     "carries_pushes",
-    "carry_with_push",
+    "carry",
     "transport_for",
 ]
 
-#: Pushes one message: ``(client, list key, serialised message)``; it must LPUSH it.
-PushWith = Callable[[redis.Redis, str, str], None]
 
-# (correlation id, push) of the next publish in this thread, greenlet or task
-_carried: ContextVar[tuple[str, PushWith] | None] = ContextVar("clix_carried_push", default=None)
+class CarriedWrite(Protocol):
+    """A write that goes to the broker's Redis with a message's publish."""
+
+    def with_push(self, client: redis.Redis, queue_key: str, message: str) -> None:
+        """Do the write and LPUSH ``message`` onto ``queue_key``, in that order."""
+
+    def alone(self, client: redis.Redis) -> None:
+        """Do the write only (kombu pushes the message afterwards)."""
 
 
-def carry_with_push(message_id: str, push: PushWith) -> None:
-    """Let ``push`` do the LPUSH of the next publish of message ``message_id``.
+# writes carried by the publishes of this thread, greenlet or task, by message id;
+# replaced, never changed in place: a context copied from this one keeps its own
+_carried: ContextVar[dict[str, CarriedWrite]] = ContextVar("clix_carried_writes")
+
+
+#: Carried writes kept per context at most: a publish that failed leaves its
+#: write behind (a publisher that sees the failure forgets it); the oldest go.
+MAX_CARRIED = 64
+
+
+def carry(message_id: str, write: CarriedWrite) -> None:
+    """Have the publish of message ``message_id`` do ``write`` with its push.
 
     Only this module's channel honours it: check :func:`carries_pushes`
-    first, and :func:`carried_push_left` after the publish (a producer made
+    first, and :func:`carried_write_left` after the publish (a producer made
     from a plain kombu connection publishes with kombu's own LPUSH).
     """
-    _carried.set((message_id, push))
+    carried = {**_carried.get({}), message_id: write}
+    while len(carried) > MAX_CARRIED:
+        del carried[next(iter(carried))]
+    _carried.set(carried)
 
 
-def carried_push_left(message_id: str) -> bool:
-    """Whether the push carried for ``message_id`` went unused (forgetting it if so).
+def carried_write_left(message_id: str) -> CarriedWrite | None:
+    """The write carried for ``message_id`` if its publish did not do it; forgotten now.
 
-    Asked after a publish: true when the message went out through a channel
-    that is not ours (a kombu connection made by hand), so its write did not
-    happen and the publisher must do it now.
+    Asked after a publish: not None when the message went out through a
+    channel that is not ours (a kombu connection made by hand), or when the
+    publish failed; the publisher decides what to do with it.
     """
-    carried = _carried.get()
-    if carried is None or carried[0] != message_id:
-        return False
-    _carried.set(None)
-    return True
+    return _take(message_id)
+
+
+def _take(message_id: str) -> CarriedWrite | None:
+    carried = _carried.get({})
+    if message_id not in carried:
+        return None
+    _carried.set({k: v for k, v in carried.items() if k != message_id})
+    return carried[message_id]
 
 
 def carries_pushes(app: Celery) -> bool:
-    """Whether ``app`` publishes through this module's channel (plain kombu would skip a push)."""
+    """Whether ``app`` publishes through this module's channel (plain kombu would skip a write)."""
     conf = app.conf
     return conf.broker_transport in _SCHEMES and not (conf.broker_transport_options or {}).get(
         "global_keyprefix"
@@ -114,18 +132,22 @@ class _ClientPerPool:
         yield held[1]
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        carried = _carried.get()
-        if carried is None or carried[0] != message.get("properties", {}).get("correlation_id"):
+        message_id = message.get("properties", {}).get("correlation_id")
+        write = _carried.get({}).get(message_id) if message_id else None
+        if write is None:
             super()._put(queue, message, **kwargs)  # type: ignore[misc]
             return
         expiring = getattr(self, "_expires", None) or {}  # kombu >= 5.5
-        if kwargs.get("_publish_batch") is not None or queue in expiring:
-            # never configured by this project; a push without its write would lose it
-            raise RuntimeError("a carried push cannot go through a publish batch or expiring queue")
-        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))  # type: ignore[attr-defined]
         with self.conn_or_acquire() as client:
-            carried[1](client, key, dumps(message))  # type: ignore[no-untyped-call]
-        _carried.set(None)
+            if kwargs.get("_publish_batch") is not None or queue in expiring:
+                # kombu's own push (buffered, or with its expiry): the write goes first
+                write.alone(client)
+                _take(message_id)
+                super()._put(queue, message, **kwargs)  # type: ignore[misc]
+                return
+            key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))  # type: ignore[attr-defined]
+            write.with_push(client, key, dumps(message))  # type: ignore[no-untyped-call]
+        _take(message_id)
 
 
 class Channel(_ClientPerPool, kombu_redis.Channel):
@@ -159,16 +181,7 @@ _SCHEMES: dict[str, str] = {
     f"{__name__}:SentinelTransport": "sentinel",
 }
 
-
-class BrokerConnection(Connection):
-    """kombu's connection; ``as_uri()`` and ``info()`` name our transports by their scheme."""
-
-    # kombu's own is a plain class attribute too
-    resolve_aliases = {**Connection.resolve_aliases, **_SCHEMES}  # noqa: RUF012
-
-
-class BrokerAMQP(AMQP):  # type: ignore[misc]
-    """Celery's broker glue, making :class:`BrokerConnection` connections."""
-
-    Connection = BrokerConnection
-    BrokerConnection = BrokerConnection  # Celery's compat alias
+# kombu names a connection's transport by these aliases in as_uri() and info()
+# (what the worker's banner, `celery report` and Flower read): new names only,
+# kombu's own entries are untouched
+Connection.resolve_aliases.update(_SCHEMES)

@@ -105,13 +105,7 @@ _SUBSCRIBE_ON_WAIT: dict[type, type] = {
 
 
 class ClixCelery(Celery):  # type: ignore[misc]
-    """This project's Celery app class.
-
-    The result backend subscribes only on a wait; the Redis broker's channel
-    is :mod:`config.broker_transport`'s (one client per pool, carried pushes).
-    """
-
-    amqp_cls = "config.broker_transport:BrokerAMQP"
+    """This project's Celery app class: the result backend subscribes only on a wait."""
 
     def _get_backend(self) -> Any:
         # Celery's own resolution of ``result_backend`` (Celery._get_backend), then

@@ -44,7 +44,7 @@ from typing import Any
 
 import redis
 
-from config.broker_transport import carry_with_push
+from config.broker_transport import carry
 from config.keys import Bucket, KeySpace
 from tasks.indexes import scored_range, total_members
 from tasks.store_clock import StoreClock
@@ -89,6 +89,24 @@ redis.call('SET', KEYS[1], value, 'EX', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], KEYS[1])
 return redis.call('LPUSH', KEYS[3], ARGV[4])
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordWrite:
+    """A pending record written by the script that publishes its message (broker = store)."""
+
+    record: redis.commands.core.Script  # RECORD_SCRIPT
+    record_and_push: redis.commands.core.Script  # RECORD_AND_PUSH_SCRIPT
+    keys: tuple[str, str]  # the record's key, its index
+    args: tuple[str | int, ...]  # ttl_s, stamp, the kwargs as JSON
+
+    def with_push(self, client: redis.Redis, queue_key: str, message: str) -> None:
+        self.record_and_push(
+            keys=[*self.keys, queue_key], args=[*self.args, message], client=client
+        )
+
+    def alone(self, client: redis.Redis) -> None:
+        self.record(keys=list(self.keys), args=list(self.args), client=client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,21 +177,20 @@ class PendingLedger:
         For a broker that is this store's Redis, behind
         :func:`config.broker_transport.carries_pushes`: the next publish of
         that message runs :data:`RECORD_AND_PUSH_SCRIPT` on the broker's
-        connection instead of its LPUSH. Nothing is sent here. The stamp is
+        connection instead of its LPUSH (:data:`RECORD_SCRIPT` before kombu's
+        own push, into a publish batch). Nothing is sent here. The stamp is
         the store's clock as :class:`~tasks.store_clock.StoreClock` tells it
         (the ledger's test clock, when it has one).
         """
         campaign, key = kwargs["campaign_id"], kwargs["idempotency_key"]
-        record_key = self.keys.pending(campaign, key)
-        index = self.keys.bucket_for(campaign, key).pending_index
         stamp = self.now_ms() if self._clock is not None else self._store_clock.now_ms()
-        args: list[str | int] = [self.ttl_s, stamp, json.dumps(kwargs, separators=(",", ":"))]
-
-        def push(client: redis.Redis, queue_key: str, message: str) -> None:
-            keys = [record_key, index, queue_key]
-            self._record_and_push(keys=keys, args=[*args, message], client=client)
-
-        carry_with_push(message_id, push)
+        write = _RecordWrite(
+            self._record,
+            self._record_and_push,
+            (self.keys.pending(campaign, key), self.keys.bucket_for(campaign, key).pending_index),
+            (self.ttl_s, stamp, json.dumps(kwargs, separators=(",", ":"))),
+        )
+        carry(message_id, write)
         return stamp
 
     def get(self, key: str) -> PendingTrigger | None:

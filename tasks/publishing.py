@@ -45,7 +45,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 
-from config.broker_transport import carried_push_left, carries_pushes
+from config.broker_transport import carried_write_left, carries_pushes
 from config.celery_app import TASK_NAME, app, app_settings
 from config.keys import KeySpace
 from config.settings import Settings
@@ -88,19 +88,21 @@ _DEFAULT_HEADERS: dict[str, Any] = {
     "group_index": None,
     "retries": 0,
     "parent_id": None,
-    "ignore_result": False,
     "replaced_task_nesting": 0,
     "stamped_headers": None,
     "stamps": {},
 }
 
 
-def _drop_default_headers(headers: dict[str, Any]) -> None:
+def _drop_default_headers(headers: dict[str, Any], task: Any) -> None:
     for name, default in _DEFAULT_HEADERS.items():
         if name in headers and headers[name] == default:
             del headers[name]
     if tuple(headers.get("timelimit") or ()) == (None, None):
         del headers["timelimit"]  # no limits: the worker's own defaults apply
+    if headers.get("ignore_result") is False and task is not None and not task.ignore_result:
+        # absent, the worker takes the task's own setting: the same here
+        del headers["ignore_result"]
     if headers.get("root_id") is not None and headers.get("root_id") == headers.get("id"):
         # a trigger is its own root (nothing chains it): the id says it already
         del headers["root_id"]
@@ -109,11 +111,14 @@ def _drop_default_headers(headers: dict[str, Any]) -> None:
 def record_rides_publish(celery_app: Celery, settings: Settings) -> bool:
     """Whether a publish through ``celery_app`` can write its own pending record.
 
-    Yes when the broker is the store's Redis (the same URL) and the app
-    publishes through :mod:`config.broker_transport`'s channel.
+    Yes when the broker the app publishes to is the store's Redis (the same
+    URL; Celery publishes to ``broker_write_url``, which is ``broker_url``
+    unless set apart) and the app publishes through
+    :mod:`config.broker_transport`'s channel.
     """
+    conf = celery_app.conf
     store = settings.redis_url
-    return settings.broker_url == store == celery_app.conf.broker_url and carries_pushes(celery_app)
+    return conf.broker_write_url == store == conf.broker_url and carries_pushes(celery_app)
 
 
 def pend(
@@ -184,7 +189,7 @@ class PendingRecorder:
                 # the publisher's reply queue: only the rpc:// result backend answers there
                 properties.pop("reply_to", None)
         if headers is not None:
-            _drop_default_headers(headers)
+            _drop_default_headers(headers, self.app.tasks.get(TASK_NAME))
         if headers is None or ENQUEUED_AT_HEADER in headers:
             return  # written by enqueue_trigger, the bulk path or the reconciler
         kwargs = trigger_kwargs(body)
@@ -219,7 +224,7 @@ class PendingRecorder:
         """
         if sender != TASK_NAME or not isinstance(headers, dict):
             return
-        if not carried_push_left(str(headers.get("id"))):
+        if carried_write_left(str(headers.get("id"))) is None:
             return  # the usual case: the publish wrote it
         kwargs = trigger_kwargs(body)
         stamp = headers.get(ENQUEUED_AT_HEADER)

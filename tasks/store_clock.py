@@ -58,6 +58,9 @@ class StoreClock:
 
     def _sync(self) -> tuple[int, float]:
         with self._lock:
+            synced = self._synced
+            if synced is not None and self._monotonic() - synced[1] < self.resync_s:
+                return synced  # another thread read it while this one waited for the lock
             before = self._monotonic()
             seconds, micros = self.redis.time()
             after = self._monotonic()

@@ -27,6 +27,7 @@ from celery.worker.request import Request as CeleryRequest
 from kombu.transport.redis import QoS as RedisQoS
 from kombu.utils.uuid import uuid
 
+from config.broker_transport import carried_write_left
 from config.celery_app import TASK_NAME, app, app_settings, result_backend_url
 from config.settings import Settings
 from tasks import context
@@ -183,7 +184,12 @@ class TriggerTask(Task):  # type: ignore[misc]
         options["headers"] = {**(options.get("headers") or {}), ENQUEUED_AT_HEADER: enqueued_at_ms}
         options.setdefault("argsrepr", "()")
         options.setdefault("kwargsrepr", summary(clean))
-        return super().apply_async((), clean, **options)
+        try:
+            return super().apply_async((), clean, **options)
+        except BaseException:
+            # a publish that failed wrote nothing: its carried write must not linger
+            carried_write_left(str(options.get("task_id")))
+            raise
 
 
 def check_plan(clean: dict[str, Any], settings: Settings) -> None:

@@ -42,9 +42,9 @@ for i in range(n):
 """
 
 
-def _produce(env: dict[str, str], campaign: str) -> None:
+def _run(env: dict[str, str], code: str, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", _PRODUCER, campaign, str(TRIGGERS)],
+        [sys.executable, "-c", code, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -52,6 +52,11 @@ def _produce(env: dict[str, str], campaign: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _produce(env: dict[str, str], campaign: str) -> None:
+    _run(env, _PRODUCER, campaign, str(TRIGGERS))
 
 
 def _env(store: str, broker: str | None = None) -> tuple[dict[str, str], str, KeySpace]:
@@ -154,17 +159,96 @@ def test_a_publish_through_a_plain_kombu_producer_still_leaves_a_record(
 ) -> None:
     server = redis_factory()
     env, queue, keys = _env(server.url)
-    done = subprocess.run(
-        [sys.executable, "-c", _PLAIN_KOMBU_PRODUCER],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    _run(env, _PLAIN_KOMBU_PRODUCER)
     conn = redis.Redis.from_url(server.url)
     # kombu's own LPUSH ignored the record handed to it; the record followed
     stamps = _queued_stamps(conn, queue)
     record = json.loads(conn.get(keys.pending("transport-plain", "by-hand")) or b"null")
     assert record["enqueued_at_ms"] == stamps["by-hand"]
+
+
+#: send_task into a kombu publish batch (kombu >= 5.7 buffers the LPUSHes).
+_BATCH_PRODUCER = """
+from worker import app
+
+with app.producer_or_acquire() as producer, producer.batch(max_size=10):
+    for i in range(3):
+        kwargs = {"campaign_id": "transport-batch", "idempotency_key": f"b{i}"}
+        app.send_task("trigger_campaign", kwargs=kwargs, producer=producer)
+"""
+
+
+def test_a_publish_into_a_kombu_batch_writes_its_record_first_then_kombu_pushes(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    env, queue, keys = _env(server.url)
+    _run(env, _BATCH_PRODUCER)
+    conn = redis.Redis.from_url(server.url)
+    stamps = _queued_stamps(conn, queue)
+    assert sorted(stamps) == ["b0", "b1", "b2"]
+    for key, stamp in stamps.items():
+        record = json.loads(conn.get(keys.pending("transport-batch", key)) or b"null")
+        assert record["enqueued_at_ms"] == stamp
+
+
+#: A publish made between another's carry and its push (a signal handler that
+#: enqueues, say): each push does its own write.
+_NESTED_PRODUCER = """
+from config.celery_app import app_settings
+from tasks.context import producer_ledger
+from tasks.pending import ENQUEUED_AT_HEADER
+from worker import app
+
+ledger = producer_ledger(app_settings(app))
+outer = {"campaign_id": "transport-nested", "idempotency_key": "outer"}
+stamp = ledger.carry(outer, "outer-id")
+inner = {"campaign_id": "transport-nested", "idempotency_key": "inner"}
+app.send_task("trigger_campaign", kwargs=inner)
+app.send_task(
+    "trigger_campaign", kwargs=outer, task_id="outer-id", headers={ENQUEUED_AT_HEADER: stamp}
+)
+"""
+
+
+def test_a_publish_between_a_carry_and_its_push_leaves_both_records(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    env, queue, keys = _env(server.url)
+    _run(env, _NESTED_PRODUCER)
+    conn = redis.Redis.from_url(server.url)
+    stamps = _queued_stamps(conn, queue)
+    assert sorted(stamps) == ["inner", "outer"]
+    for key, stamp in stamps.items():
+        record = json.loads(conn.get(keys.pending("transport-nested", key)) or b"null")
+        assert record["enqueued_at_ms"] == stamp
+
+
+#: enqueue_trigger whose script fails part way (the pending index holds a string).
+_FAILING_PRODUCER = """
+from config import broker_transport
+from tasks import enqueue_trigger
+
+try:
+    enqueue_trigger("transport-failing", "doomed", task_id="doomed-id", retry=False)
+except Exception as exc:
+    print("raised", type(exc).__name__)
+print("left", sorted(broker_transport._carried.get({})))
+"""
+
+
+def test_a_push_that_fails_raises_queues_nothing_and_leaves_no_write_behind(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    env, queue, keys = _env(server.url)
+    conn = redis.Redis.from_url(server.url)
+    index = keys.bucket(0).pending_index
+    conn.set(index, "not a sorted set")  # the script's ZADD fails (WRONGTYPE)
+    out = _run(env, _FAILING_PRODUCER)
+    assert "raised OperationalError" in out  # kombu wraps the script's error
+    assert "left []" in out  # the failed publish's write is forgotten, not carried on
+    # the record goes first and the message last: nothing was queued without it
+    assert conn.llen(queue) == 0
+    assert conn.exists(keys.pending("transport-failing", "doomed"))

@@ -19,17 +19,25 @@ def _app(settings: Settings, cls: type[Celery] = ClixCelery) -> Celery:
     return app
 
 
+@pytest.mark.parametrize("app_class", [ClixCelery, Celery])
 @pytest.mark.parametrize(
     ("url", "scheme"),
-    [("redis://127.0.0.1:6390/0", "redis://"), ("rediss://127.0.0.1:6390/0", "rediss://")],
+    [
+        ("redis://127.0.0.1:6390/0", "redis://"),
+        ("rediss://127.0.0.1:6390/0", "rediss://"),
+        ("redis+sentinel://127.0.0.1:26390/main/0", "sentinel://"),
+    ],
 )
 def test_the_app_names_its_broker_by_the_urls_scheme_for_flower_and_the_banner(
-    url: str, scheme: str, make_settings: Callable[..., Settings]
+    url: str, scheme: str, app_class: type[Celery], make_settings: Callable[..., Settings]
 ) -> None:
-    app = _app(make_settings(redis_url=url))
+    app = _app(make_settings(redis_url=url), app_class)
     with app.connection() as conn:
         assert conn.as_uri().startswith(scheme)
         assert type(conn.transport).__module__ == "config.broker_transport"
+    # the producer pool's connections too (kombu's own PooledConnection class)
+    with app.producer_or_acquire() as producer:
+        assert producer.connection.as_uri().startswith(scheme)
 
 
 def test_amqp_and_other_transports_keep_kombus_own(make_settings: Callable[..., Settings]) -> None:
