@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from config.result_backend import ClixCelery
 from config.settings import Settings
 from tasks.pending import ENQUEUED_AT_HEADER
 from tests.integration.processes import clean_env
+from tests.integration.proxy import TcpProxy
 from tests.integration.redis_monitor import CommandLog
 from worker.redis_server import RedisServer
 
@@ -252,3 +254,63 @@ def test_a_push_that_fails_raises_queues_nothing_and_leaves_no_write_behind(
     # the record goes first and the message last: nothing was queued without it
     assert conn.llen(queue) == 0
     assert conn.exists(keys.pending("transport-failing", "doomed"))
+
+
+#: enqueue_trigger in a loop, saying which calls returned and which raised.
+_STEADY_PRODUCER = """
+import sys
+from tasks import enqueue_trigger
+
+for i in range(int(sys.argv[1])):
+    try:
+        enqueue_trigger("transport-cuts", f"c{i}", properties={"n": i})
+        print("ok", f"c{i}", flush=True)
+    except Exception as exc:
+        print("failed", f"c{i}", type(exc).__name__, flush=True)
+"""
+
+
+def test_connections_cut_while_enqueueing_never_queue_a_message_without_its_record(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    with TcpProxy(server.port).start() as proxy:
+        # broker and store are one Redis, reached through the proxy: the record
+        # rides with every publish, and the cuts land in the middle of them
+        env, queue, keys = _env(proxy.url())
+        producer = subprocess.Popen(
+            [sys.executable, "-c", _STEADY_PRODUCER, "400"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1.0)
+            cuts = 0
+            while producer.poll() is None and cuts < 6:
+                proxy.cut(0.3)
+                cuts += 1
+                time.sleep(0.5)
+            out, err = producer.communicate(timeout=120)
+        finally:
+            producer.kill()
+        assert producer.returncode == 0, err
+        assert proxy.connections_cut > 0
+        dropped = proxy.connections_cut
+    lines = [line.split() for line in out.splitlines()]
+    returned = {words[1] for words in lines if words[0] == "ok"}
+    assert len(lines) == 400
+    conn = redis.Redis.from_url(server.url)
+    stamps = _queued_stamps(conn, queue)
+    print(
+        f"\n{cuts} cuts ({dropped} connections dropped): {len(returned)} enqueues returned, "
+        f"{400 - len(returned)} raised; {len(stamps)} triggers queued, each with its record"
+    )
+    # every enqueue that returned is queued (kombu retried the publish after a cut)
+    assert returned <= set(stamps)
+    # and nothing is queued without its record, stamped as its message is
+    for key, stamp in stamps.items():
+        record = json.loads(conn.get(keys.pending("transport-cuts", key)) or b"null")
+        assert record is not None, f"{key} queued without its pending record"
+        assert record["enqueued_at_ms"] == stamp
