@@ -23,10 +23,11 @@ import redis
 
 from tasks.breaker import Outcome
 from tasks.client import is_ambiguous
-from tasks.errors import BreakerOpen, ClaimLost, ClixError, Quota
+from tasks.errors import BreakerOpen, ClaimLost, ClixError
 from tasks.feedback import FleetFeedback, outcome_of
 from tasks.history import attempt_of
 from tasks.metrics import observe_request, status_of
+from tasks.quota import Quota
 
 if TYPE_CHECKING:
     from tasks.delivery import Delivery

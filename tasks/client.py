@@ -37,11 +37,11 @@ from config.settings import Settings
 from tasks.errors import (
     ClixError,
     NetworkError,
-    Quota,
     from_response,
     from_transport_error,
 )
 from tasks.models import TriggerRequest
+from tasks.quota import Quota
 from tasks.retries import RetryPolicy
 
 __all__ = ["AttemptHook", "ClixClient", "Sent"]

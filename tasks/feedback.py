@@ -25,10 +25,10 @@ from tasks.errors import (
     AuthenticationFailed,
     ClixError,
     NetworkError,
-    Quota,
     RateLimited,
     ServerError,
 )
+from tasks.quota import Quota
 from tasks.ratelimit import RateLimiter
 
 __all__ = ["FleetFeedback", "outcome_of"]

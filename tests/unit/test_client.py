@@ -17,12 +17,12 @@ from tasks.errors import (
     AuthenticationFailed,
     ClixError,
     NetworkError,
-    Quota,
     RateLimited,
     Rejected,
     ServerError,
 )
 from tasks.models import TriggerRequest
+from tasks.quota import Quota
 from tasks.retries import RetryPolicy
 
 #: the ``mock_clix`` fixture: ``mock_clix(*steps, then=, policy=)`` -> a ClixHarness
