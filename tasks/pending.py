@@ -28,8 +28,9 @@ When the broker is the store's Redis (the default: ``CELERY_BROKER_URL`` unset),
 a single publish does not write first and publish second:
 :meth:`PendingLedger.carry` hands the publish a script that writes the record
 and pushes the message together (:mod:`config.broker_transport`). That is one
-round trip instead of two, and the two are atomic: a publish that fails has
-written nothing. The stamp must then be known before the script runs; it
+round trip instead of two, record first: a message is never queued without
+its record (a script that fails part way leaves at most the record, which
+the reconciler publishes). The stamp must then be known before the script runs; it
 comes from :class:`~tasks.store_clock.StoreClock`, the store's clock read once
 every few seconds.
 """

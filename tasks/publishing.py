@@ -30,8 +30,8 @@ error line names the trigger. ``enqueue_trigger`` raises instead.
 
 When the broker is the store's Redis, neither writes the record on its own:
 :func:`pend` hands it to the publish, which writes record and message in one
-script (:meth:`~tasks.pending.PendingLedger.carry`), so a failed publish
-writes neither and raises.
+script, record first (:meth:`~tasks.pending.PendingLedger.carry`): no message
+is queued without its record, and a failed publish raises.
 """
 
 from __future__ import annotations
@@ -132,7 +132,9 @@ def pend(
 
     Handed to the publish when it can write it (one round trip for both, see
     :func:`record_rides_publish`), else written now: a round trip before the
-    publish. Either way the record exists before the message can be taken.
+    publish. Either way the record exists before the message can be taken
+    (through a kombu producer made by hand, it follows the message at once:
+    :meth:`PendingRecorder.after_publish`).
     """
     if message_id and record_rides_publish(celery_app, settings):
         return ledger.carry(kwargs, message_id)

@@ -164,7 +164,7 @@ class TriggerTask(Task):  # type: ignore[misc]
                 # the key is queued, in flight, done or cancelled: publish a copy now,
                 # which the worker answers as a duplicate with the first result
             # stamped by the store's clock; written now (a failure raises before
-            # publishing) or by the publish itself (a failure writes neither)
+            # publishing) or by the publish's own script, ahead of the message
             ledger = context.producer_ledger(settings)
             if "producer" in options or "connection" in options:
                 # the caller's own producer may not be on our broker channel
@@ -187,7 +187,7 @@ class TriggerTask(Task):  # type: ignore[misc]
         try:
             return super().apply_async((), clean, **options)
         except BaseException:
-            # a publish that failed wrote nothing: its carried write must not linger
+            # the publish failed (it raises): its carried write must not linger
             carried_write_left(str(options.get("task_id")))
             raise
 
