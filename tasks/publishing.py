@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -114,11 +115,21 @@ def record_rides_publish(celery_app: Celery, settings: Settings) -> bool:
     Yes when the broker the app publishes to is the store's Redis (the same
     URL; Celery publishes to ``broker_write_url``, which is ``broker_url``
     unless set apart) and the app publishes through
-    :mod:`config.broker_transport`'s channel.
+    :mod:`config.broker_transport`'s channel. Decided once per app and
+    settings object (``conf.update(celery_config(...))`` brings a new one):
+    reading Celery's configuration costs tens of µs a publish.
     """
-    conf = celery_app.conf
-    store = settings.redis_url
-    return conf.broker_write_url == store == conf.broker_url and carries_pushes(celery_app)
+    decided = _RIDES.get(celery_app)
+    if decided is None or decided[0] is not settings:
+        conf = celery_app.conf
+        store = settings.redis_url
+        rides = conf.broker_write_url == store == conf.broker_url and carries_pushes(celery_app)
+        decided = _RIDES[celery_app] = (settings, rides)
+    return decided[1]
+
+
+# record_rides_publish's decisions, by app
+_RIDES: weakref.WeakKeyDictionary[Celery, tuple[Settings, bool]] = weakref.WeakKeyDictionary()
 
 
 def pend(

@@ -187,8 +187,9 @@ class TriggerTask(Task):  # type: ignore[misc]
         try:
             return super().apply_async((), clean, **options)
         except BaseException:
-            # the publish failed (it raises): its carried write must not linger
-            carried_write_left(str(options.get("task_id")))
+            # the publish failed (it raises): a write carried for it must not linger
+            if options.get("task_id"):
+                carried_write_left(str(options["task_id"]))
             raise
 
 

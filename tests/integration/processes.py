@@ -66,6 +66,23 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def run_python(env: dict[str, str], code: str, *args: str, wrap: list[str] | None = None) -> str:
+    """Run ``code`` in a Python process of its own (``wrap``: a command in front); its stdout.
+
+    Fails the test, with the child's stderr, when the child fails.
+    """
+    done = subprocess.run(
+        [*(wrap or []), sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -21,7 +21,7 @@ from config.keys import KeySpace
 from config.result_backend import ClixCelery
 from config.settings import Settings
 from tasks.pending import ENQUEUED_AT_HEADER
-from tests.integration.processes import clean_env
+from tests.integration.processes import clean_env, run_python
 from tests.integration.proxy import TcpProxy
 from tests.integration.redis_monitor import CommandLog
 from worker.redis_server import RedisServer
@@ -44,21 +44,8 @@ for i in range(n):
 """
 
 
-def _run(env: dict[str, str], code: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def _produce(env: dict[str, str], campaign: str) -> None:
-    _run(env, _PRODUCER, campaign, str(TRIGGERS))
+    run_python(env, _PRODUCER, campaign, str(TRIGGERS))
 
 
 def _env(store: str, broker: str | None = None) -> tuple[dict[str, str], str, KeySpace]:
@@ -78,6 +65,17 @@ def _queued_stamps(conn: redis.Redis, queue: str) -> dict[str, int]:
     return stamps
 
 
+def _assert_each_has_its_record(
+    conn: redis.Redis, keys: KeySpace, campaign: str, stamps: dict[str, int]
+) -> None:
+    """Every queued trigger (key: its message's stamp) has its pending record, stamped alike."""
+    for key, stamp in stamps.items():
+        record = json.loads(conn.get(keys.pending(campaign, key)) or b"null")
+        assert record is not None, f"{key} queued without its pending record"
+        assert record["kwargs"]["idempotency_key"] == key
+        assert record["enqueued_at_ms"] == stamp
+
+
 def test_with_the_broker_in_the_store_each_publish_is_one_script_writing_record_and_message(
     redis_factory: Callable[[], RedisServer],
 ) -> None:
@@ -94,11 +92,9 @@ def test_with_the_broker_in_the_store_each_publish_is_one_script_writing_record_
     assert 2 * TRIGGERS <= log.commands["evalsha"] <= 2 * TRIGGERS + 1, dict(log.commands)
     stamps = _queued_stamps(conn, queue)
     assert len(stamps) == 2 * TRIGGERS
+    # the record and its message carry the same stamp, on the store's clock
+    _assert_each_has_its_record(conn, keys, campaign, stamps)
     for key, stamp in stamps.items():
-        record = json.loads(conn.get(keys.pending(campaign, key)) or b"null")
-        assert record["kwargs"]["idempotency_key"] == key
-        # the record and its message carry the same stamp, on the store's clock
-        assert record["enqueued_at_ms"] == stamp
         assert conn.zscore(keys.bucket(0).pending_index, keys.pending(campaign, key)) == stamp
     store_ms = int(conn.time()[0]) * 1000
     assert all(store_ms - 120_000 < s <= store_ms + 1_000 for s in stamps.values())
@@ -116,9 +112,7 @@ def test_with_a_broker_of_its_own_the_record_is_written_first_then_the_message_p
     stamps = _queued_stamps(redis.Redis.from_url(broker.url), queue)
     conn = redis.Redis.from_url(store.url)
     assert len(stamps) == 2 * TRIGGERS
-    for key, stamp in stamps.items():
-        record = json.loads(conn.get(keys.pending(campaign, key)) or b"null")
-        assert record["enqueued_at_ms"] == stamp
+    _assert_each_has_its_record(conn, keys, campaign, stamps)
 
 
 def _app(settings: Settings) -> ClixCelery:
@@ -161,7 +155,7 @@ def test_a_publish_through_a_plain_kombu_producer_still_leaves_a_record(
 ) -> None:
     server = redis_factory()
     env, queue, keys = _env(server.url)
-    _run(env, _PLAIN_KOMBU_PRODUCER)
+    run_python(env, _PLAIN_KOMBU_PRODUCER)
     conn = redis.Redis.from_url(server.url)
     # kombu's own LPUSH ignored the record handed to it; the record followed
     stamps = _queued_stamps(conn, queue)
@@ -185,13 +179,11 @@ def test_a_publish_into_a_kombu_batch_writes_its_record_first_then_kombu_pushes(
 ) -> None:
     server = redis_factory()
     env, queue, keys = _env(server.url)
-    _run(env, _BATCH_PRODUCER)
+    run_python(env, _BATCH_PRODUCER)
     conn = redis.Redis.from_url(server.url)
     stamps = _queued_stamps(conn, queue)
     assert sorted(stamps) == ["b0", "b1", "b2"]
-    for key, stamp in stamps.items():
-        record = json.loads(conn.get(keys.pending("transport-batch", key)) or b"null")
-        assert record["enqueued_at_ms"] == stamp
+    _assert_each_has_its_record(conn, keys, "transport-batch", stamps)
 
 
 #: A publish made between another's carry and its push (a signal handler that
@@ -218,13 +210,11 @@ def test_a_publish_between_a_carry_and_its_push_leaves_both_records(
 ) -> None:
     server = redis_factory()
     env, queue, keys = _env(server.url)
-    _run(env, _NESTED_PRODUCER)
+    run_python(env, _NESTED_PRODUCER)
     conn = redis.Redis.from_url(server.url)
     stamps = _queued_stamps(conn, queue)
     assert sorted(stamps) == ["inner", "outer"]
-    for key, stamp in stamps.items():
-        record = json.loads(conn.get(keys.pending("transport-nested", key)) or b"null")
-        assert record["enqueued_at_ms"] == stamp
+    _assert_each_has_its_record(conn, keys, "transport-nested", stamps)
 
 
 #: enqueue_trigger whose script fails part way (the pending index holds a string).
@@ -248,7 +238,7 @@ def test_a_push_that_fails_raises_queues_nothing_and_leaves_no_write_behind(
     conn = redis.Redis.from_url(server.url)
     index = keys.bucket(0).pending_index
     conn.set(index, "not a sorted set")  # the script's ZADD fails (WRONGTYPE)
-    out = _run(env, _FAILING_PRODUCER)
+    out = run_python(env, _FAILING_PRODUCER)
     assert "raised OperationalError" in out  # kombu wraps the script's error
     assert "left []" in out  # the failed publish's write is forgotten, not carried on
     # the record goes first and the message last: nothing was queued without it
@@ -310,7 +300,4 @@ def test_connections_cut_while_enqueueing_never_queue_a_message_without_its_reco
     # every enqueue that returned is queued (kombu retried the publish after a cut)
     assert returned <= set(stamps)
     # and nothing is queued without its record, stamped as its message is
-    for key, stamp in stamps.items():
-        record = json.loads(conn.get(keys.pending("transport-cuts", key)) or b"null")
-        assert record is not None, f"{key} queued without its pending record"
-        assert record["enqueued_at_ms"] == stamp
+    _assert_each_has_its_record(conn, keys, "transport-cuts", stamps)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from tests.integration.processes import (
     WorkerProcess,
     cli,
     cli_json,
+    run_python,
     wait_until,
 )
 from worker.redis_server import RedisServer
@@ -215,26 +214,12 @@ for i in range(n):
 """
 
 
-def _run_producer(
-    env: dict[str, str], code: str, *args: str, wrap: list[str] | None = None
-) -> None:
-    done = subprocess.run(
-        [*(wrap or []), sys.executable, "-c", code, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def test_send_task_through_the_project_app_loses_nothing_while_workers_are_sigkilled(
     own_fleet: Callable[..., Fleet], sandbox: SandboxProcess, campaign: str
 ) -> None:
     fleet = own_fleet(CLIX_VISIBILITY_TIMEOUT_S="10", CLIX_UNACKED_RESTORE_INTERVAL_S="1")
     keys = [f"k{i}" for i in range(2000)]
-    _run_producer(fleet.env, _SEND_TASK_PRODUCER, campaign, str(len(keys)))
+    run_python(fleet.env, _SEND_TASK_PRODUCER, campaign, str(len(keys)))
     # every publish wrote its record, whatever the call
     conn = fleet.redis()
     assert conn.zcard(fleet.keys.bucket(0).pending_index) == len(keys)
@@ -269,8 +254,8 @@ def test_a_producer_whose_clock_is_60_s_behind_does_not_make_its_queued_trigger_
     if faketime is None:
         pytest.skip("needs libfaketime's faketime command to run a producer with a wrong clock")
     fleet = own_fleet()  # grace 3 s, sweep every 1 s
-    _run_producer(fleet.env, _ENQUEUE_ONE, campaign, "on-time")
-    _run_producer(fleet.env, _ENQUEUE_ONE, campaign, "late-clock", wrap=[faketime, "-f", "-60s"])
+    run_python(fleet.env, _ENQUEUE_ONE, campaign, "on-time")
+    run_python(fleet.env, _ENQUEUE_ONE, campaign, "late-clock", wrap=[faketime, "-f", "-60s"])
     # A worker that consumes another queue: it sweeps the fleet's pending records,
     # and both triggers stay queued in the fleet's queue, the late clock's behind.
     idle = WorkerProcess(workdir, fleet.env, queue=f"{fleet.queue}.idle", concurrency=1)
