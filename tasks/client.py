@@ -25,6 +25,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ AttemptHook = Callable[[int, ClixError | None, float, Quota | None], None]
 # is not among them, so an id like "a%2Fb" stays literal instead of decoding
 # to a slash on the server.
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+#: Campaigns whose trigger URL a client keeps parsed (:meth:`ClixClient.url_for`).
+URLS_CACHED = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,7 @@ class ClixClient:
         pool_size: int = 10,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        urls_cached: int = URLS_CACHED,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.policy = policy
@@ -94,7 +98,9 @@ class ClixClient:
         # ~1 MB per client; wrapping sockets with one context is thread-safe.
         self._tls: ssl.SSLContext | None = None
         self._idle: list[httpx.Client] = []  # LIFO: the warmest connection goes out first
-        self._lock = threading.Lock()  # guards the list only, never held during a request
+        self._lock = threading.Lock()  # guards the list and URLs only, never held during a request
+        self._urls: OrderedDict[str, httpx.URL] = OrderedDict()  # by campaign id (url_for)
+        self._urls_cached = urls_cached
         self.created = 0  # httpx clients made so far (how far concurrency reached)
 
     def _new_http(self) -> httpx.Client:
@@ -165,13 +171,34 @@ class ClixClient:
         """The trigger endpoint's path for a campaign id (validated beforehand)."""
         return f"/api/v1/campaigns/{quote(campaign_id, safe=_SEGMENT_SAFE)}:trigger"
 
+    def url_for(self, campaign_id: str) -> httpx.URL:
+        """The trigger endpoint's absolute URL for a campaign, parsed once per campaign.
+
+        httpx parses a relative path twice per request (joining it to the base
+        URL, then building the request): about 20 µs of a request's CPU. A
+        parsed absolute URL skips both. Bounded: the ``urls_cached`` most
+        recently used campaigns are kept (:data:`URLS_CACHED` by default).
+        """
+        with self._lock:
+            url = self._urls.get(campaign_id)
+            if url is not None:
+                self._urls.move_to_end(campaign_id)
+                return url
+        # the base URL has no trailing slash and the path starts with one: what
+        # httpx's own join of base_url and path gives
+        url = httpx.URL(self.base_url + self.path_for(campaign_id))
+        with self._lock:
+            self._urls[campaign_id] = url
+            if len(self._urls) > self._urls_cached:
+                self._urls.popitem(last=False)
+        return url
+
     def send_once(self, request: TriggerRequest) -> tuple[str, Quota | None]:
         """One POST; return the ``trigger_id`` and quota, or raise a :class:`ClixError`."""
+        url = self.url_for(request.campaign_id)
         try:
             with self._http() as http:
-                response = http.post(
-                    self.path_for(request.campaign_id), content=request.body_bytes()
-                )
+                response = http.post(url, content=request.body_bytes())
         except httpx.TransportError as exc:
             raise from_transport_error(exc) from None
         error = from_response(response)

@@ -136,9 +136,10 @@ class Delivery:
         if self.args:
             raise InvalidTrigger(["trigger_campaign takes keyword arguments only"])
         trigger = self.trigger = TriggerRequest.parse(self.kwargs)
-        # producers in other languages skip the producer-side check
-        settings = self.ctx.settings
-        check_contract(trigger.to_kwargs(), self.ctx.plans, strict=settings.clix_plans_strict)
+        if trigger.campaign_id in self.ctx.plans:  # without a plan there is nothing to check
+            # producers in other languages skip the producer-side check
+            strict = self.ctx.settings.clix_plans_strict
+            check_contract(trigger.to_kwargs(), self.ctx.plans, strict=strict)
         scope = self.scope = Scope(self.project_id, trigger.campaign_id, trigger.idempotency_key)
         claim = self.claim = self._claim(scope)
         if claim.state is not ClaimState.CLAIMED:

@@ -142,23 +142,27 @@ class TriggerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        # Known series start at zero, so rate() and alerts see them before the first event.
-        for outcome in OUTCOMES:
-            if outcome != "dead_lettered":
-                self.triggers.labels(outcome, NONE)
-        for reason in DEAD_LETTER_REASONS:
-            self.triggers.labels("dead_lettered", reason)
-        for status in STATUSES:
-            self.request_duration.labels(status)
+        # Known series start at zero, so rate() and alerts see them before the first event;
+        # their children are kept (a labels() lookup takes a lock and builds a key).
+        known = [(o, NONE) for o in OUTCOMES if o != "dead_lettered"]
+        known += [("dead_lettered", reason) for reason in DEAD_LETTER_REASONS]
+        self._counters = {labels: self.triggers.labels(*labels) for labels in known}
+        self._histograms = {status: self.request_duration.labels(status) for status in STATUSES}
 
     def count_outcome(self, outcome: str, reason: str | None = None) -> None:
         """Count one outcome event (labels validated against the known sets)."""
         label = outcome_label(outcome)
-        self.triggers.labels(label, reason_label(label, reason)).inc()
+        labels = (label, reason_label(label, reason))
+        counter = self._counters.get(labels)
+        (counter if counter is not None else self.triggers.labels(*labels)).inc()
 
     def observe_request(self, latency_s: float, status: str) -> None:
         """Record one request's duration under its result class."""
-        self.request_duration.labels(status_label(status)).observe(max(0.0, latency_s))
+        label = status_label(status)
+        histogram = self._histograms.get(label)
+        if histogram is None:
+            histogram = self.request_duration.labels(label)
+        histogram.observe(max(0.0, latency_s))
 
 
 _lock = threading.Lock()

@@ -23,7 +23,15 @@ import json
 import unicodedata
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.errors import InvalidTrigger
 
@@ -81,6 +89,8 @@ class TriggerRequest(_Strict):
     idempotency_key: str
     audience: Audience | None = None
     properties: dict[str, Any] | None = None
+    #: the request body, encoded once when validated: the bytes measured are the bytes sent
+    _body: bytes = PrivateAttr(default=b"")
 
     @field_validator("campaign_id")
     @classmethod
@@ -119,9 +129,12 @@ class TriggerRequest(_Strict):
 
     @model_validator(mode="after")
     def _body_size(self) -> Self:
-        size = len(self.body_bytes())
-        if size > MAX_BODY_BYTES:
-            raise ValueError(f"request body is {size} bytes, over Clix's limit of {MAX_BODY_BYTES}")
+        body = json.dumps(self.body(), separators=(",", ":"), ensure_ascii=False).encode()
+        if len(body) > MAX_BODY_BYTES:
+            raise ValueError(
+                f"request body is {len(body)} bytes, over Clix's limit of {MAX_BODY_BYTES}"
+            )
+        self._body = body
         return self
 
     @classmethod
@@ -147,8 +160,8 @@ class TriggerRequest(_Strict):
         return body
 
     def body_bytes(self) -> bytes:
-        """The encoded request body."""
-        return json.dumps(self.body(), separators=(",", ":"), ensure_ascii=False).encode()
+        """The encoded request body (compact UTF-8 JSON), as validated."""
+        return self._body
 
     def to_kwargs(self) -> dict[str, Any]:
         """Task keyword arguments: what the producer gave, validated."""

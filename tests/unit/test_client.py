@@ -124,6 +124,39 @@ def test_trailing_slash_of_base_url_is_dropped() -> None:
     assert seen == ["https://clix.test/api/v1/campaigns/camp-1:trigger"]
 
 
+@pytest.mark.parametrize(
+    "base_url", ["https://clix.test", "https://proxy.test/clix/", "http://h:8080"]
+)
+def test_parsed_trigger_url_is_what_httpx_joins_from_base_url_and_path(base_url: str) -> None:
+    client = ClixClient(base_url=base_url, project_id="p", api_key=SecretStr("k"), policy=policy())
+    joined = httpx.Client(base_url=base_url)
+    for campaign_id in ("camp-1", "50%off", "ns:camp", "caf\u00e9", "camp-1"):
+        expected = joined.build_request("POST", ClixClient.path_for(campaign_id)).url
+        assert client.url_for(campaign_id) == expected
+        assert client.url_for(campaign_id).raw_path == expected.raw_path
+    joined.close()
+    client.close()
+
+
+def test_parsed_trigger_urls_are_kept_for_the_most_recent_campaigns_only() -> None:
+    client = ClixClient(
+        urls_cached=3,
+        base_url="https://clix.test",
+        project_id="p",
+        api_key=SecretStr("k"),
+        policy=policy(),
+    )
+    first = client.url_for("c0")
+    for n in range(1, 4):
+        client.url_for(f"c{n}")
+    assert list(client._urls) == ["c1", "c2", "c3"]  # c0, least recently used, was dropped
+    client.url_for("c1")  # a hit makes it the most recent
+    client.url_for("c4")
+    assert list(client._urls) == ["c3", "c1", "c4"]
+    assert client.url_for("c0") == first  # rebuilt the same
+    client.close()
+
+
 def test_2xx_without_a_trigger_id_is_recorded_as_unknown_not_resent(mock_clix: Harness) -> None:
     clix = mock_clix(httpx.Response(200, text="ok"))
     assert clix.client.trigger(request_for()).trigger_id == "unknown"

@@ -157,6 +157,31 @@ def test_one_bucket_keeps_the_key_names_of_earlier_releases() -> None:
     assert keys.claim_reserves_slot
 
 
+@pytest.mark.parametrize("slots", [1, SLOTS])
+def test_a_scopes_keys_built_at_once_match_the_keys_built_one_by_one(slots: int) -> None:
+    keys = KeySpace("clix", slots)
+    for scope in (
+        Scope("p", "c", "k"),
+        Scope("p:1", "camp/é", "key:*?[x] 2"),
+        Scope("p", "c", "k"),
+    ):
+        campaign, key = scope.campaign_id, scope.idempotency_key
+        one_by_one = [
+            keys.lease(scope),
+            keys.done(scope),
+            keys.dead(scope),
+            keys.meta(scope),
+            keys.pending(campaign, key),
+            keys.bucket_for(campaign, key).pending_index,
+            keys.scheduled(campaign, key),
+            keys.cancelled(campaign, key),
+        ]
+        assert keys.scope_keys(scope) + keys.hold_keys(scope) == one_by_one
+        # callers may extend what they are given: the kept keys stay as they were
+        keys.scope_keys(scope).append("extra")
+        assert keys.scope_keys(scope) == one_by_one[:6]
+
+
 def test_dlq_lists_entries_of_every_bucket_oldest_first_and_finds_each_by_id(
     conn: SlotCheckingRedis, layout: KeySpace
 ) -> None:
