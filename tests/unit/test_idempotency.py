@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import fakeredis
@@ -32,6 +33,23 @@ def test_new_owner_is_task_id_plus_a_fresh_nonce() -> None:
     a, b = new_owner("task-1"), new_owner("task-1")
     assert a != b
     assert a.rpartition("|")[0] == b.rpartition("|")[0] == "task-1"
+
+
+def test_a_forked_child_draws_other_nonces_than_its_parent() -> None:
+    # prefork pool processes are forks of one parent: copies of one generator
+    # state would hand two deliveries of one message the same owner token
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next nonces, then leave without cleanup
+        os.write(write, " ".join(new_owner("t") for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    parent = {new_owner("t") for _ in range(3)}
+    assert len(child) == 3
+    assert not child & parent
 
 
 # --- claim states ---------------------------------------------------------------------
