@@ -160,7 +160,33 @@ def _cpu_per_trigger(cpu: dict[str, list[tuple[float, float]]]) -> dict[str, flo
 
 def median_point(stack: Stack, point: Point, *, runs: int, **options: Any) -> dict[str, Any]:
     """The point taken ``runs`` times; the median rate, every rate kept."""
-    taken = [measure(stack, point, **options) for _ in range(runs)]
+    return _median_of([measure(stack, point, **options) for _ in range(runs)])
+
+
+def _median_of(taken: list[dict[str, Any]]) -> dict[str, Any]:
+    """The middle run's figures with the median rate; every rate kept (``runs``)."""
     rates = [p["triggers_per_s"] for p in taken]
     middle = sorted(taken, key=lambda p: p["triggers_per_s"])[len(taken) // 2]
     return {**middle, "triggers_per_s": round(statistics.median(rates), 1), "runs": rates}
+
+
+def alternating(
+    stack: Stack, first: Point, second: Point, *, runs: int, **options: Any
+) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+    """Both points taken ``runs`` times, back to back, the order swapped each run.
+
+    A shared machine's speed drifts by tens of percent within minutes: a
+    ratio of two points taken minutes apart measures the drift as much as the
+    apps. Each pair here is taken within seconds, and the order alternates so
+    that a steady drift favours neither. Returns each point's median (as
+    :func:`median_point`) and the ratio first/second of every pair.
+    """
+    taken: dict[Point, list[dict[str, Any]]] = {first: [], second: []}
+    for run in range(runs):
+        for point in (first, second) if run % 2 == 0 else (second, first):
+            taken[point].append(measure(stack, point, **options))
+    ratios = [
+        round(a["triggers_per_s"] / b["triggers_per_s"], 3) if b["triggers_per_s"] else 0.0
+        for a, b in zip(taken[first], taken[second], strict=True)
+    ]
+    return _median_of(taken[first]), _median_of(taken[second]), ratios

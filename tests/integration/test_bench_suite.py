@@ -77,6 +77,9 @@ def test_bare_baseline_runs_on_the_same_pool_and_concurrency(results: dict[str, 
     assert baseline["concurrency"] == results["default"]["concurrency"]
     assert baseline["bare"]["accepted"] > 0
     assert 0 < baseline["ratio"] < 10
+    # taken in back-to-back pairs with the default worker: one ratio per headline run
+    assert len(baseline["pair_ratios"]) == len(baseline["bare"]["runs"])
+    assert min(baseline["pair_ratios"]) <= baseline["ratio"] <= max(baseline["pair_ratios"])
     assert baseline["per_pool"]
     assert all(row["bare_per_s"] > 0 for row in baseline["per_pool"])
 
