@@ -9,8 +9,9 @@ Starts a broker Redis, a store Redis and the sandbox (bench/stack.py), then:
    figure: the rate at 50 ms over the rate at 0 ms).
 2. ``baseline``: the bare task (bench/bare_app.py) on the same pool,
    concurrency and prefetch, at 0 ms, taken back to back with the default
-   worker's 0 ms runs, alternating (bench/drain.py ``alternating``); the ratio
-   worker/bare is the median of the pairs' ratios. Also per pool (one pair).
+   worker's 0 ms runs, alternating (bench/drain.py ``alternating``), over
+   windows twice as long as the other points'; the ratio worker/bare is the
+   median of the pairs' ratios. Also per pool (one pair).
    ``flower``: the default worker at 0 ms with Flower attached (bench/flower.py).
 3. ``pools``: throughput against concurrency for prefork, threads and gevent
    (when installed: ``pip install -e '.[bench]'``) at 0, 50 and 200 ms; each
@@ -129,13 +130,14 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
             "prefetch_multiplier": 1,
             "points": [],
         }
-        # at 0 ms, the worker and the bare baseline alternate, run by run (drain.alternating)
+        # at 0 ms, the worker and the bare baseline alternate, run by run (drain.alternating),
+        # over windows twice as long: the figure to watch gets the most averaging
         clix_0ms, bare, pair_ratios = drain.alternating(
             stack,
             Point("clix", None, None, 0),
             Point("bare", DEFAULT_WORKER_POOL, DEFAULT_WORKER_CONCURRENCY, 0),
             runs=size.headline_runs,
-            **drain_options,
+            **{**drain_options, "window_s": 2 * size.window_s},
         )
         for ms in size.latencies_ms:
             runs = size.headline_runs if ms in (0, 50) else 1
