@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -21,7 +22,7 @@ from config.keys import KeySpace
 from config.result_backend import ClixCelery
 from config.settings import Settings
 from tasks.pending import ENQUEUED_AT_HEADER
-from tests.integration.processes import clean_env, run_python
+from tests.integration.processes import clean_env, run_python, wait_until
 from tests.integration.proxy import TcpProxy
 from tests.integration.redis_monitor import CommandLog
 from worker.redis_server import RedisServer
@@ -248,56 +249,64 @@ def test_a_push_that_fails_raises_queues_nothing_and_leaves_no_write_behind(
 
 #: enqueue_trigger in a loop, saying which calls returned and which raised.
 _STEADY_PRODUCER = """
-import sys
+import os, sys, time
 from tasks import enqueue_trigger
 
-for i in range(int(sys.argv[1])):
+stop, i = sys.argv[1], 0
+while not os.path.exists(stop) and i < 20000:
     try:
         enqueue_trigger("transport-cuts", f"c{i}", properties={"n": i})
         print("ok", f"c{i}", flush=True)
     except Exception as exc:
         print("failed", f"c{i}", type(exc).__name__, flush=True)
+    i += 1
+    time.sleep(0.002)  # a steady producer, not a burst that ends before the first cut
 """
 
 
 def test_connections_cut_while_enqueueing_never_queue_a_message_without_its_record(
-    redis_factory: Callable[[], RedisServer],
+    redis_factory: Callable[[], RedisServer], tmp_path: Path
 ) -> None:
     server = redis_factory()
+    direct = redis.Redis.from_url(server.url)
+    stop = tmp_path / "stop"
     with TcpProxy(server.port).start() as proxy:
         # broker and store are one Redis, reached through the proxy: the record
         # rides with every publish, and the cuts land in the middle of them
         env, queue, keys = _env(proxy.url())
         producer = subprocess.Popen(
-            [sys.executable, "-c", _STEADY_PRODUCER, "400"],
+            [sys.executable, "-c", _STEADY_PRODUCER, str(stop)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
-            time.sleep(1.0)
+            # the cuts start once publishes are flowing, whatever the machine's speed
+            wait_until(lambda: direct.llen(queue) > 0, 60, "a first queued trigger")
             cuts = 0
             while producer.poll() is None and cuts < 6:
                 proxy.cut(0.3)
                 cuts += 1
                 time.sleep(0.5)
+            stop.touch()
             out, err = producer.communicate(timeout=120)
         finally:
             producer.kill()
         assert producer.returncode == 0, err
+        assert cuts == 6  # the producer outlived every cut
         assert proxy.connections_cut > 0
         dropped = proxy.connections_cut
     lines = [line.split() for line in out.splitlines()]
     returned = {words[1] for words in lines if words[0] == "ok"}
-    assert len(lines) == 400
-    conn = redis.Redis.from_url(server.url)
-    stamps = _queued_stamps(conn, queue)
+    assert [words[1] for words in lines] == [f"c{i}" for i in range(len(lines))]
+    stamps = _queued_stamps(direct, queue)
     print(
         f"\n{cuts} cuts ({dropped} connections dropped): {len(returned)} enqueues returned, "
-        f"{400 - len(returned)} raised; {len(stamps)} triggers queued, each with its record"
+        f"{len(lines) - len(returned)} raised; {len(stamps)} triggers queued, each with its record"
     )
     # every enqueue that returned is queued (kombu retried the publish after a cut)
     assert returned <= set(stamps)
     # and nothing is queued without its record, stamped as its message is
-    _assert_each_has_its_record(conn, keys, "transport-cuts", stamps)
+    _assert_each_has_its_record(direct, keys, "transport-cuts", stamps)
+    direct.close()
