@@ -158,35 +158,36 @@ def _cpu_per_trigger(cpu: dict[str, list[tuple[float, float]]]) -> dict[str, flo
     }
 
 
-def median_point(stack: Stack, point: Point, *, runs: int, **options: Any) -> dict[str, Any]:
-    """The point taken ``runs`` times; the median rate, every rate kept."""
-    return _median_of([measure(stack, point, **options) for _ in range(runs)])
-
-
-def _median_of(taken: list[dict[str, Any]]) -> dict[str, Any]:
+def median_of(taken: list[dict[str, Any]]) -> dict[str, Any]:
     """The middle run's figures with the median rate; every rate kept (``runs``)."""
     rates = [p["triggers_per_s"] for p in taken]
     middle = sorted(taken, key=lambda p: p["triggers_per_s"])[len(taken) // 2]
     return {**middle, "triggers_per_s": round(statistics.median(rates), 1), "runs": rates}
 
 
-def alternating(
-    stack: Stack, first: Point, second: Point, *, runs: int, **options: Any
-) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
-    """Both points taken ``runs`` times, back to back, the order swapped each run.
+def rotating(
+    stack: Stack, points: list[Point], *, runs: int, **options: Any
+) -> list[list[dict[str, Any]]]:
+    """Each point taken ``runs`` times, one of each per run, the order rotating run by run.
 
     A shared machine's speed drifts by tens of percent within minutes: a
-    ratio of two points taken minutes apart measures the drift as much as the
-    apps. Each pair here is taken within seconds, and the order alternates so
-    that a steady drift favours neither. Returns each point's median (as
-    :func:`median_point`) and the ratio first/second of every pair.
+    ratio of two points taken minutes apart measures the drift as much as what
+    differs between them. Here the points of one run are taken within seconds
+    of each other, and each point goes first in turn, so a steady drift favours
+    none. Returns each point's runs, in run order: compare them run by run
+    (:func:`run_ratios`), summarise each with :func:`median_of`.
     """
-    taken: dict[Point, list[dict[str, Any]]] = {first: [], second: []}
+    taken: list[list[dict[str, Any]]] = [[] for _ in points]
     for run in range(runs):
-        for point in (first, second) if run % 2 == 0 else (second, first):
-            taken[point].append(measure(stack, point, **options))
-    ratios = [
+        shift = run % len(points)
+        for index in [*range(shift, len(points)), *range(shift)]:
+            taken[index].append(measure(stack, points[index], **options))
+    return taken
+
+
+def run_ratios(over: list[dict[str, Any]], under: list[dict[str, Any]]) -> list[float]:
+    """Rate of ``over`` / rate of ``under``, run by run (0 where ``under`` delivered nothing)."""
+    return [
         round(a["triggers_per_s"] / b["triggers_per_s"], 3) if b["triggers_per_s"] else 0.0
-        for a, b in zip(taken[first], taken[second], strict=True)
+        for a, b in zip(over, under, strict=True)
     ]
-    return _median_of(taken[first]), _median_of(taken[second]), ratios

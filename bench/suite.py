@@ -6,12 +6,14 @@ Starts a broker Redis, a store Redis and the sandbox (bench/stack.py), then:
 
 1. ``default``: the README's plain ``celery -A worker worker --loglevel=INFO``
    draining a backlog at 0, 50 and 200 ms of sandbox latency (the done-when
-   figure: the rate at 50 ms over the rate at 0 ms).
+   figure: its rate at 50 ms over its rate at 0 ms).
 2. ``baseline``: the bare task (bench/bare_app.py) on the same pool,
-   concurrency and prefetch, at 0 ms, taken back to back with the default
-   worker's 0 ms runs, alternating (bench/drain.py ``alternating``), over
-   windows twice as long as the other points'; the ratio worker/bare is the
-   median of the pairs' ratios. Also per pool (one pair).
+   concurrency and prefetch, at 0 ms (the done-when figure: worker/bare).
+   The worker at 0 and 50 ms and the bare task are taken in rotation, one of
+   each per run, over windows twice as long as the other points' (bench/drain.py
+   ``rotating``): each figure is the median of its run-by-run ratios, so the
+   drift of a shared machine between minutes does not enter it. Per pool too
+   (one run each).
    ``flower``: the default worker at 0 ms with Flower attached (bench/flower.py).
 3. ``pools``: throughput against concurrency for prefork, threads and gevent
    (when installed: ``pip install -e '.[bench]'``) at 0, 50 and 200 ms; each
@@ -130,27 +132,31 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
             "prefetch_multiplier": 1,
             "points": [],
         }
-        # at 0 ms, the worker and the bare baseline alternate, run by run (drain.alternating),
-        # over windows twice as long: the figure to watch gets the most averaging
-        clix_0ms, bare, pair_ratios = drain.alternating(
+        # The worker at 0 and 50 ms and the bare task at 0 ms, in rotation run by run
+        # (drain.rotating): the two done-when ratios compare runs seconds apart.
+        # Longer windows than the other points': these figures get the most averaging.
+        rotated = [Point("clix", None, None, 0), Point("clix", None, None, 50)]
+        bare_task = Point("bare", DEFAULT_WORKER_POOL, DEFAULT_WORKER_CONCURRENCY, 0)
+        clix_0ms, clix_50ms, bare_0ms = drain.rotating(
             stack,
-            Point("clix", None, None, 0),
-            Point("bare", DEFAULT_WORKER_POOL, DEFAULT_WORKER_CONCURRENCY, 0),
+            [*rotated, bare_task],
             runs=size.headline_runs,
             **{**drain_options, "window_s": 2 * size.window_s},
         )
         for ms in size.latencies_ms:
-            runs = size.headline_runs if ms in (0, 50) else 1
-            default["points"].append(
-                clix_0ms
-                if ms == 0
-                else drain.median_point(
-                    stack, Point("clix", None, None, ms), runs=runs, **drain_options
-                )
-            )
+            if ms in (0, 50):
+                default["points"].append(drain.median_of(clix_0ms if ms == 0 else clix_50ms))
+            else:
+                once = drain.measure(stack, Point("clix", None, None, ms), **drain_options)
+                default["points"].append(drain.median_of([once]))
+        pair_ratios = drain.run_ratios(clix_0ms, bare_0ms)
+        latency_ratios = drain.run_ratios(clix_50ms, clix_0ms)
+        bare = drain.median_of(bare_0ms)
         by_latency = {p["latency_ms"]: p["triggers_per_s"] for p in default["points"]}
-        if 0 in by_latency and 50 in by_latency and by_latency[0] > 0:
-            default["ratio_50ms_to_0ms"] = round(by_latency[50] / by_latency[0], 2)
+        if latency_ratios:
+            # each run's 50 ms rate over its 0 ms rate; the figure is their median
+            default["run_ratios_50ms_to_0ms"] = latency_ratios
+            default["ratio_50ms_to_0ms"] = round(statistics.median(latency_ratios), 2)
         results["default"] = default
 
         baseline: dict[str, Any] = {
