@@ -124,7 +124,7 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
         "max_backlog": size.max_backlog,
     }
     with Stack.running(workdir) as stack:
-        _progress("default worker (the README's plain command), at 0 ms with the bare baseline")
+        _progress("default worker (the README's plain command) at 0 and 50 ms, bare task, rotating")
         default: dict[str, Any] = {
             "command": "celery -A worker worker --loglevel=INFO",
             "pool": DEFAULT_WORKER_POOL,
