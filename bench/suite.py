@@ -165,7 +165,7 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
             "bare_per_s": bare["triggers_per_s"],
             "clix_per_s": by_latency.get(0),
             "bare": bare,
-            # worker/bare of each back-to-back pair; the figure is their median
+            # worker/bare of each run of the rotation; the figure is their median
             "pair_ratios": pair_ratios,
             "per_pool": [],
         }
