@@ -140,6 +140,32 @@ def _producer_section(enqueue: dict[str, Any]) -> list[str]:
     ]
 
 
+def _side_by_side_section(side: dict[str, Any]) -> list[str]:
+    """Both apps draining at once (bench/side_by_side.py): the drift-free second opinion."""
+    if not side.get("runs"):
+        return ["", f"Side by side: not measured ({side.get('error', 'no runs')})."]
+    lines = [
+        "",
+        "Side by side: the worker and the bare task draining their own backlogs at the "
+        "same time on the same cores, rates over the same window (bench/side_by_side.py). "
+        "No drift between runs enters it; the two compete for the cores, so the rates are "
+        f"lower than alone. Worker / bare, median of {len(side['runs'])} runs: "
+        f"**{_fmt(side['ratio'])}**.",
+        "",
+        "| run | worker | bare | ratio | worker cores / ms per trigger "
+        "| bare cores / ms per trigger |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for number, run in enumerate(side["runs"], start=1):
+        clix, bare = run["clix"], run["bare"]
+        lines.append(
+            f"| {number} | {_fmt(clix['triggers_per_s'])} | {_fmt(bare['triggers_per_s'])} | "
+            f"{_fmt(run['ratio'])} | {_fmt(clix['cores'])} / {_fmt(clix['cpu_ms_per_trigger'])} "
+            f"| {_fmt(bare['cores'])} / {_fmt(bare['cpu_ms_per_trigger'])} |"
+        )
+    return lines
+
+
 def markdown(results: dict[str, Any], has_plot: bool) -> str:
     """The whole page."""
     m = results["machine"]
@@ -241,6 +267,7 @@ def markdown(results: dict[str, Any], has_plot: bool) -> str:
             f"| {row['pool']} | {row['concurrency']} | {row['prefetch']} | "
             f"{_fmt(row['clix_per_s'])} | {_fmt(row['bare_per_s'])} | {_fmt(row['ratio'])} |"
         )
+    lines += _side_by_side_section(baseline.get("side_by_side") or {})
     lines += _flower_section(results.get("flower", {}))
     latencies = sorted({p["latency_ms"] for p in results["pools"]})
     lines += [

@@ -13,7 +13,8 @@ Starts a broker Redis, a store Redis and the sandbox (bench/stack.py), then:
    each per run, over windows twice as long as the other points' (bench/drain.py
    ``rotating``): each figure is the median of its run-by-run ratios, so the
    drift of a shared machine between minutes does not enter it. Per pool too
-   (one run each).
+   (one run each). ``side_by_side``: both draining at once on the same cores,
+   a second opinion that no drift can enter (bench/side_by_side.py).
    ``flower``: the default worker at 0 ms with Flower attached (bench/flower.py).
 3. ``pools``: throughput against concurrency for prefork, threads and gevent
    (when installed: ``pip install -e '.[bench]'``) at 0, 50 and 200 ms; each
@@ -47,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import drain, flower, latency, redis_cost
+from bench import drain, flower, latency, redis_cost, side_by_side
 from bench.drain import Point
 from bench.enqueue import enqueue_rates
 from bench.machine import machine, pools_available
@@ -172,6 +173,20 @@ def run_suite(size: Size, workdir: Path) -> dict[str, Any]:
         if pair_ratios:
             baseline["ratio"] = round(statistics.median(pair_ratios), 2)
         results["baseline"] = baseline
+
+        _progress("the worker and the bare task side by side")
+        baseline["side_by_side"] = _guarded(
+            {},
+            lambda: side_by_side.measure(
+                stack,
+                DEFAULT_WORKER_POOL,
+                DEFAULT_WORKER_CONCURRENCY,
+                runs=max(1, size.headline_runs - 2),
+                warmup_s=size.warmup_s,
+                window_s=2 * size.window_s,
+                max_backlog=size.max_backlog,
+            ),
+        )
 
         _progress("the default worker with Flower attached")
         results["flower"] = _guarded(

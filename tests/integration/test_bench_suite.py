@@ -88,6 +88,19 @@ def test_bare_baseline_runs_on_the_same_pool_and_concurrency(results: dict[str, 
     assert all(row["bare_per_s"] > 0 for row in baseline["per_pool"])
 
 
+def test_worker_and_bare_task_are_also_measured_draining_at_once(results: dict[str, Any]) -> None:
+    side = results["baseline"]["side_by_side"]
+    assert side["pool"] == results["baseline"]["pool"]
+    for run in side["runs"]:
+        for app in ("bare", "clix"):
+            assert run[app]["triggers_per_s"] > 0
+            assert run[app]["cores"] > 0
+        assert run["ratio"] == round(
+            run["clix"]["triggers_per_s"] / run["bare"]["triggers_per_s"], 3
+        )
+    assert side["ratio"] == round(statistics.median(run["ratio"] for run in side["runs"]), 2)
+
+
 def test_the_default_worker_is_measured_with_flower_watching(results: dict[str, Any]) -> None:
     flower = results["flower"]
     assert flower["without_per_s"] == results["baseline"]["clix_per_s"]

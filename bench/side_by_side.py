@@ -1,0 +1,92 @@
+"""The worker and the bare task draining at the same time, on the same cores.
+
+A second opinion on the done-when ratio worker/bare. Taken one after the
+other, even seconds apart (bench/drain.py ``rotating``), two runs see a shared
+machine at different speeds, and a single run moves by tens of percent. Here
+both workers drain their own backlog (own queue, own campaign) at once and
+both rates are counted over the same window, so whatever the machine does
+meets both alike. They compete for the cores, so the rates are lower than
+alone; what the figure tells is the relative cost: with each worker busy the
+whole window, the ratio of rates is the ratio of what a trigger costs each
+one, weighted by the CPU each got (both kept, per run).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from bench.drain import Point, backlog_for
+from bench.load import publish_backlog
+from bench.stack import Stack, process_tree_cpu_s
+from tests.integration.processes import wait_until
+
+APPS = ("bare", "clix")
+
+
+def measure(
+    stack: Stack,
+    pool: str,
+    concurrency: int,
+    *,
+    runs: int,
+    warmup_s: float,
+    window_s: float,
+    max_backlog: int,
+) -> dict[str, Any]:
+    """``runs`` side-by-side runs; the median ratio clix/bare and every run's figures."""
+    taken = [
+        _run(stack, pool, concurrency, warmup_s=warmup_s, window_s=window_s, most=max_backlog)
+        for _ in range(runs)
+    ]
+    return {
+        "pool": pool,
+        "concurrency": concurrency,
+        "ratio": round(statistics.median(run["ratio"] for run in taken), 2),
+        "runs": taken,
+    }
+
+
+def _run(
+    stack: Stack, pool: str, concurrency: int, *, warmup_s: float, window_s: float, most: int
+) -> dict[str, Any]:
+    stack.fresh(0.0)
+    runs = {app: stack.new_run(app) for app in APPS}
+    # each backlog outlasts the window even if one worker had the machine to itself
+    backlog = backlog_for(Point("clix", pool, concurrency, 0.0), warmup_s + window_s + 3, most)
+    # both workers are up before either backlog is queued: neither drains alone first
+    workers = {
+        app: stack.start_worker(runs[app], pool=pool, concurrency=concurrency) for app in APPS
+    }
+    try:
+        for run in runs.values():
+            publish_backlog(stack.broker.url, run.queue, run.campaign, backlog)
+        wait_until(
+            lambda: all(stack.seen(run.campaign) > 0 for run in runs.values()),
+            60,
+            "a first request from both workers",
+            every_s=0.05,
+        )
+        time.sleep(warmup_s)
+        cpu_start = {app: process_tree_cpu_s(w.proc.pid) for app, w in workers.items()}
+        start = time.time()  # the sandbox stamps arrivals with this machine's clock
+        time.sleep(window_s)
+        end = time.time()
+        cpu_s = {app: process_tree_cpu_s(w.proc.pid) - cpu_start[app] for app, w in workers.items()}
+    finally:
+        for worker in workers.values():
+            worker.kill()
+            worker.stop()
+    figures: dict[str, Any] = {}
+    for app, run in runs.items():
+        arrivals = [r["at"] for r in stack.records(run.campaign)]
+        delivered = sum(1 for at in arrivals if start <= at <= end)
+        figures[app] = {
+            "triggers_per_s": round(delivered / window_s, 1),
+            "backlog_left": backlog - len(arrivals),  # > 0: busy the whole window
+            "cores": round(cpu_s[app] / window_s, 2),
+            "cpu_ms_per_trigger": round(cpu_s[app] * 1000 / delivered, 3) if delivered else None,
+        }
+    bare, clix = figures["bare"]["triggers_per_s"], figures["clix"]["triggers_per_s"]
+    return {**figures, "ratio": round(clix / bare, 3) if bare else 0.0}
