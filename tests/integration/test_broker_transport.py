@@ -66,6 +66,14 @@ def _queued_stamps(conn: redis.Redis, queue: str) -> dict[str, int]:
     return stamps
 
 
+def _publish_with(server: RedisServer, script: str) -> tuple[redis.Redis, KeySpace, dict[str, int]]:
+    """Run a producer ``script`` with the broker in ``server``; its client, keys, queued stamps."""
+    env, queue, keys = _env(server.url)
+    run_python(env, script)
+    conn = redis.Redis.from_url(server.url)
+    return conn, keys, _queued_stamps(conn, queue)
+
+
 def _assert_each_has_its_record(
     conn: redis.Redis, keys: KeySpace, campaign: str, stamps: dict[str, int]
 ) -> None:
@@ -154,12 +162,8 @@ with Connection(os.environ["REDIS_URL"]) as conn:
 def test_a_publish_through_a_plain_kombu_producer_still_leaves_a_record(
     redis_factory: Callable[[], RedisServer],
 ) -> None:
-    server = redis_factory()
-    env, queue, keys = _env(server.url)
-    run_python(env, _PLAIN_KOMBU_PRODUCER)
-    conn = redis.Redis.from_url(server.url)
+    conn, keys, stamps = _publish_with(redis_factory(), _PLAIN_KOMBU_PRODUCER)
     # kombu's own LPUSH ignored the record handed to it; the record followed
-    stamps = _queued_stamps(conn, queue)
     record = json.loads(conn.get(keys.pending("transport-plain", "by-hand")) or b"null")
     assert record["enqueued_at_ms"] == stamps["by-hand"]
 
@@ -178,11 +182,7 @@ with app.producer_or_acquire() as producer, producer.batch(max_size=10):
 def test_a_publish_into_a_kombu_batch_writes_its_record_first_then_kombu_pushes(
     redis_factory: Callable[[], RedisServer],
 ) -> None:
-    server = redis_factory()
-    env, queue, keys = _env(server.url)
-    run_python(env, _BATCH_PRODUCER)
-    conn = redis.Redis.from_url(server.url)
-    stamps = _queued_stamps(conn, queue)
+    conn, keys, stamps = _publish_with(redis_factory(), _BATCH_PRODUCER)
     assert sorted(stamps) == ["b0", "b1", "b2"]
     _assert_each_has_its_record(conn, keys, "transport-batch", stamps)
 
@@ -209,11 +209,7 @@ app.send_task(
 def test_a_publish_between_a_carry_and_its_push_leaves_both_records(
     redis_factory: Callable[[], RedisServer],
 ) -> None:
-    server = redis_factory()
-    env, queue, keys = _env(server.url)
-    run_python(env, _NESTED_PRODUCER)
-    conn = redis.Redis.from_url(server.url)
-    stamps = _queued_stamps(conn, queue)
+    conn, keys, stamps = _publish_with(redis_factory(), _NESTED_PRODUCER)
     assert sorted(stamps) == ["inner", "outer"]
     _assert_each_has_its_record(conn, keys, "transport-nested", stamps)
 
