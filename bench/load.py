@@ -31,13 +31,15 @@ def typical_trigger(campaign: str, number: int, **properties: Any) -> dict[str, 
     }
 
 
-def publish_backlog(broker_url: str, queue: str, campaign: str, count: int) -> float:
-    """Queue ``count`` triggers over one connection; return the seconds it took."""
+def publish_backlog(
+    broker_url: str, queue: str, campaign: str, count: int, *, first: int = 0
+) -> float:
+    """Queue ``count`` triggers numbered from ``first`` over one connection; return seconds."""
     producer = Celery("bench-producer", broker=broker_url)
     producer.conf.update(task_default_queue=queue)
     started = time.perf_counter()
     with producer.producer_or_acquire() as pool_producer:
-        for number in range(count):
+        for number in range(first, first + count):
             producer.send_task(
                 "trigger_campaign",
                 kwargs=typical_trigger(campaign, number),
