@@ -124,6 +124,29 @@ def test_trailing_slash_of_base_url_is_dropped() -> None:
     assert seen == ["https://clix.test/api/v1/campaigns/camp-1:trigger"]
 
 
+def test_a_cookie_set_by_an_answer_is_never_sent_back() -> None:
+    cookies_seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cookies_seen.append(request.headers.get("cookie"))
+        return httpx.Response(
+            200, json={"trigger_id": "t"}, headers={"set-cookie": "lb=node-3; Path=/"}
+        )
+
+    client = ClixClient(
+        base_url="https://clix.test",
+        project_id="p",
+        api_key=SecretStr("k"),
+        policy=policy(),
+        transport=httpx.MockTransport(handler),
+        pool_size=1,  # the same pooled httpx client answers both requests
+    )
+    assert client.trigger(request_for()).trigger_id == "t"
+    assert client.trigger(request_for(idempotency_key="k-2")).trigger_id == "t"
+    client.close()
+    assert cookies_seen == [None, None]
+
+
 @pytest.mark.parametrize(
     "base_url", ["https://clix.test", "https://proxy.test/clix/", "http://h:8080"]
 )
