@@ -4,9 +4,12 @@
 
 Real processes on this machine: the store's Redis and the broker's Redis (both
 AOF), a TCP proxy between the workers and the store, the sandbox, ``--workers``
-Celery workers (prefork, 2 processes each). It enqueues ``--triggers`` triggers
-(5% reuse a key, 1% poison) while the sandbox answers 10% 503, drops 2% of
-connections, adds 20 ms, and a 20 s window of 429s comes and goes; it SIGKILLs
+Celery workers (prefork, 2 processes each). Two producers enqueue ``--triggers``
+triggers (5% reuse a key, 1% poison) at the delivery rate, through the same
+store proxy, retrying what raised (bench/chaos_producer.py), so the faults
+meet them too. The sandbox answers 10%
+503, drops 2% of connections, adds 20 ms, and a 20 s window of 429s comes and
+goes; it SIGKILLs
 a random worker 5 times (each replaced), cuts the store's connections for 1-3 s
 5 times (once right after Clix accepted), restarts the store's Redis once and
 the broker once, runs one producer with its clock 60 s behind (libfaketime),
@@ -45,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.chaos_faults import FaultDriver, FaultPlan  # noqa: E402
 from bench.chaos_fleet import ChaosFleet  # noqa: E402
-from bench.chaos_load import Load, plan_load, send  # noqa: E402
+from bench.chaos_load import Load, finish_producers, plan_load, start_producers  # noqa: E402
 from bench.chaos_schedule import (  # noqa: E402
     judge_scheduled,
     schedule_and_cancel,
@@ -142,8 +145,16 @@ def _run(
     # every request for the poison campaign is refused, redeliveries included
     rejection = {"status": 400, "body": {"error": "campaign is not API-triggered"}}
     sandbox.script(load.poison_campaign, *[rejection] * (10 * len(load.rejected_keys)))
-    send(load, fleet.producer_env, fleet.workdir, fleet.broker.url, fleet.queue)
-    print(f"chaos: sent {load.sent} ({load.clock_skew} for one producer in ten)", file=sys.stderr)
+    # the producers enqueue at the delivery rate (the limiter's): the drain
+    # follows them, so the faults, due at shares of it, meet them too
+    producers = start_producers(
+        load,
+        fleet.producer_env,
+        fleet.workdir,
+        fleet.broker.url,
+        fleet.queue,
+        rate=fleet.rate_per_s,
+    )
     # scheduled triggers (half cancelled) fall due among the faults
     scheduled = schedule_and_cancel(
         fleet.store.url, fleet.prefix, load.campaign, len(load.triggers), rng
@@ -155,6 +166,12 @@ def _run(
 
     driver = FaultDriver(fleet, load.campaign, plan, rng, progress)
     driver.run()
+    finish_producers(load, producers, timeout_s=size["drain_s"])
+    print(
+        f"chaos: enqueued {load.sent} ({load.clock_skew} for one producer in ten), "
+        f"{load.retried_enqueues} after a failed call, {len(load.gave_up)} given up",
+        file=sys.stderr,
+    )
     conn = redis.Redis.from_url(fleet.store.url)
     try:
         states = wait_for_drain(

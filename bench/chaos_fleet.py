@@ -85,8 +85,8 @@ class ChaosFleet:
 
     @property
     def producer_env(self) -> dict[str, str]:
-        """A producer's settings: the store directly (producers are not under test here)."""
-        return {**self.env, "REDIS_URL": self.store.url}
+        """A producer's settings: the workers' own, so the store proxy's cuts reach it too."""
+        return dict(self.env)
 
     def add_worker(self) -> WorkerProcess:
         """Start one more worker and wait until it is ready."""

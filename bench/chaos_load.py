@@ -8,7 +8,9 @@ key: it must never send again) and 1% are poison, half of each kind:
 * *raw*: published straight to the broker with a body no worker can decode:
   the DLQ must hold it with its raw body.
 
-The rest are unique valid triggers. One producer in ten (by trigger) runs with
+The rest are unique valid triggers. Two producers enqueue them while the
+faults happen, through the store proxy, retrying what raised
+(bench/chaos_producer.py); one of them, with every tenth trigger, runs with
 its clock 60 s behind, under libfaketime's ``faketime`` when it is installed.
 Each trigger carries its key in ``properties.key`` so the sandbox's records say
 which key a request was for.
@@ -21,14 +23,16 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kombu import Connection, Exchange, Queue
 
-__all__ = ["CLOCK_SKEW_S", "Load", "key_of", "plan_load", "send"]
+__all__ = ["CLOCK_SKEW_S", "Load", "finish_producers", "key_of", "plan_load", "start_producers"]
 
+_ROOT = Path(__file__).resolve().parents[1]
 #: How far behind the skewed producer's clock runs.
 CLOCK_SKEW_S = 60
 _SKEWED_SHARE = 10  # every tenth trigger goes through the skewed producer
@@ -48,6 +52,10 @@ class Load:
     raw_count: int = 0
     sent: int = 0
     clock_skew: str = "not run"
+    retried_enqueues: int = 0  # enqueues that raised during a fault and were called again
+    gave_up: list[str] = field(default_factory=list)  # keys never enqueued: not owed
+    enqueue_errors: dict[str, int] = field(default_factory=dict)  # what the producers saw
+    enqueue_window: tuple[float, float] = (0.0, 0.0)  # wall clock: first to last producer
 
     @property
     def expected_dlq(self) -> int:
@@ -95,8 +103,14 @@ def _trigger(campaign: str, key: str, n: int, *, copy: bool = False) -> dict[str
     }
 
 
-def send(load: Load, env: dict[str, str], workdir: Path, broker_url: str, queue: str) -> None:
-    """Enqueue every trigger (two producers at once, one skewed) and publish the raw poison."""
+def start_producers(
+    load: Load, env: dict[str, str], workdir: Path, broker_url: str, queue: str, *, rate: float
+) -> list[subprocess.Popen[str]]:
+    """Start the two producers (one skewed) enqueueing at ``rate`` in all; publish the raw poison.
+
+    They run through the faults (bench/chaos_producer.py): collect them with
+    :func:`finish_producers` once the faults are over.
+    """
     normal = [t for i, t in enumerate(load.triggers) if i % _SKEWED_SHARE]
     skewed = [t for i, t in enumerate(load.triggers) if not i % _SKEWED_SHARE]
     prefix: list[str] = []
@@ -107,27 +121,46 @@ def send(load: Load, env: dict[str, str], workdir: Path, broker_url: str, queue:
     else:
         load.clock_skew = "unavailable: install faketime (apt-get install faketime)"
     skew_env = {**env, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    load.enqueue_window = (time.time(), time.time())
+    share = 1 / _SKEWED_SHARE  # each producer keeps its share of the rate
     runs = [
-        _start_enqueue(normal, [], env, workdir / "triggers.jsonl"),
-        _start_enqueue(skewed, prefix, skew_env, workdir / "triggers-skewed.jsonl"),
+        _start_enqueue(normal, [], env, workdir / "triggers.jsonl", rate * (1 - share)),
+        _start_enqueue(skewed, prefix, skew_env, workdir / "triggers-skewed.jsonl", rate * share),
     ]
     _publish_raw(load, broker_url, queue)
     load.sent = load.raw_count
+    return runs
+
+
+def finish_producers(load: Load, runs: list[subprocess.Popen[str]], timeout_s: float) -> None:
+    """Wait for the producers; count what they enqueued, retried and gave up."""
     for proc in runs:
-        out, err = proc.communicate(timeout=600)
+        out, err = proc.communicate(timeout=timeout_s)
         if proc.returncode != 0:
             print(f"chaos: a producer failed ({proc.returncode}): {err[-2000:]}", file=sys.stderr)
             continue
-        load.sent += int(json.loads(out)["enqueued"])
+        summary = json.loads(out)
+        load.sent += int(summary["enqueued"])
+        load.retried_enqueues += int(summary["retried"])
+        load.gave_up += summary["gave_up"]
+        start, end = load.enqueue_window
+        load.enqueue_window = (start, max(end, start + float(summary["elapsed_s"])))
+        for name, count in summary["errors"].items():
+            load.enqueue_errors[name] = load.enqueue_errors.get(name, 0) + int(count)
 
 
 def _start_enqueue(
-    triggers: list[dict[str, Any]], prefix: list[str], env: dict[str, str], path: Path
+    triggers: list[dict[str, Any]], prefix: list[str], env: dict[str, str], path: Path, rate: float
 ) -> subprocess.Popen[str]:
     path.write_text("".join(json.dumps(t) + "\n" for t in triggers))
-    command = [*prefix, sys.executable, "-m", "worker", "enqueue", "--file", str(path), "--json"]
+    command = [*prefix, sys.executable, "-m", "bench.chaos_producer", str(path), f"--rate={rate}"]
     return subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        cwd=_ROOT,  # bench/ is not installed: run from the checkout
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -118,6 +118,10 @@ def wait_for_drain(
         time.sleep(2)
 
 
+def _within(moment: float, window: tuple[float, float]) -> bool:
+    return window[0] <= moment <= window[1]
+
+
 def judge(
     load: Load,
     states: dict[str, str],
@@ -129,7 +133,9 @@ def judge(
     """Count, attribute duplicates, and run the four checks."""
     verdict = Verdict(sent=load.sent, expected_dlq=load.expected_dlq, ambiguous_counted=ambiguous)
     verdict.delivered = sum(1 for s in states.values() if s == "done")
-    lost = sorted(k for k, s in states.items() if s not in ("done", "dead"))
+    # a key no producer managed to enqueue (given up after its budget) is not owed
+    not_owed = set(load.gave_up)
+    lost = sorted(k for k, s in states.items() if s not in ("done", "dead") and k not in not_owed)
     verdict.lost = len(lost)
     accepted: dict[str, list[float]] = collections.defaultdict(list)
     for record in requests:
@@ -155,6 +161,15 @@ def judge(
         "lost_keys": {k: states[k] for k in lost[:50]},
         "lost_by_state": dict(collections.Counter(states[k] for k in lost)),
         "valid_keys_dead_lettered": sum(1 for s in states.values() if s == "dead"),
+        "enqueue": {
+            # faults that began while the producers were still enqueueing
+            "faults_while_enqueueing": sorted(
+                e.kind for e in events if _within(e.start, load.enqueue_window)
+            ),
+            "retried": load.retried_enqueues,
+            "gave_up": load.gave_up,
+            "errors": load.enqueue_errors,
+        },
         "duplicates": {k: {"accepted_at": duplicates[k], "causes": causes[k]} for k in duplicates},
         "duplicates_by_cause": dict(
             collections.Counter("+".join(c) or "none" for c in causes.values())

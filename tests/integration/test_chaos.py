@@ -66,4 +66,7 @@ def test_chaos_quick_run_loses_nothing_duplicates_only_ambiguously_and_dead_lett
     assert numbers["duplicate_sends"] <= numbers["ambiguous_counted"], summary
     assert numbers["store_fault_duplicates"] == 0, f"{summary}\n{evidence['duplicates']}"
     assert numbers["dlq"] == numbers["expected_dlq"], f"{summary}\n{evidence['dlq_unexpected']}"
+    # the producers enqueued through faults (not before them) and got every trigger in
+    assert evidence["enqueue"]["faults_while_enqueueing"], evidence["enqueue"]
+    assert evidence["enqueue"]["gave_up"] == [], evidence["enqueue"]
     assert code == 0, summary

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bench.chaos_faults import FaultEvent
-from bench.chaos_verdict import _causes
+from bench.chaos_load import Load
+from bench.chaos_verdict import _causes, judge
 
 ACCEPTED = 100.0
 
@@ -35,3 +36,19 @@ def test_store_faults_back_to_back_stretch_the_window_to_the_last() -> None:
     kill = FaultEvent("worker_kill", ACCEPTED + 9, ACCEPTED + 9.1)
 
     assert "worker_kill" in _causes("k1", [ACCEPTED, ACCEPTED + 30], [first, second, kill])
+
+
+def _load_of(keys: list[str], gave_up: list[str]) -> Load:
+    load = Load(campaign="c", poison_campaign="p", marker="m", unique_keys=keys)
+    load.gave_up = gave_up
+    return load
+
+
+def test_a_key_no_producer_could_enqueue_is_not_lost_but_an_enqueued_one_is() -> None:
+    load = _load_of(["k0", "k1", "k2"], gave_up=["k2"])
+    states = {"k0": "done", "k1": "queued", "k2": "unknown"}
+    verdict = judge(load, states, requests=[], dlq_entries=[], ambiguous=0, events=[])
+    assert verdict.lost == 1
+    assert verdict.details["lost_keys"] == {"k1": "queued"}
+    assert verdict.details["enqueue"]["gave_up"] == ["k2"]
+    assert not verdict.checks["lost_is_zero"]
