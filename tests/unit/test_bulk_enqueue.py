@@ -89,7 +89,8 @@ def make_producer(
         app.conf.update(celery_config(settings))
         apps.append(app)
 
-        @app.task(bind=True, base=TriggerTask, name=TASK_NAME)  # type: ignore[untyped-decorator]
+        # shared=False: a shared task would be added to every app finalized later
+        @app.task(bind=True, base=TriggerTask, name=TASK_NAME, shared=False)  # type: ignore[untyped-decorator]
         def task(self: TriggerTask, **_: Any) -> None:
             """Never runs: only published."""
 
