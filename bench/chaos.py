@@ -7,13 +7,12 @@ AOF), a TCP proxy between the workers and the store, the sandbox, ``--workers``
 Celery workers (prefork, 2 processes each). Two producers enqueue ``--triggers``
 triggers (5% reuse a key, 1% poison) at the delivery rate, through the same
 store proxy, retrying what raised (bench/chaos_producer.py), so the faults
-meet them too. The sandbox answers 10%
-503, drops 2% of connections, adds 20 ms, and a 20 s window of 429s comes and
-goes; it SIGKILLs
-a random worker 5 times (each replaced), cuts the store's connections for 1-3 s
-5 times (once right after Clix accepted), restarts the store's Redis once and
-the broker once, runs one producer with its clock 60 s behind (libfaketime),
-and holds one Clix answer past the lease. It also schedules 2% more triggers
+meet them too. The sandbox answers 10% 503, drops 2% of connections, adds
+20 ms, and a 20 s window of 429s comes and goes; it SIGKILLs a random worker
+5 times (each replaced), cuts the store's connections for 1-3 s 5 times (once
+right after Clix accepted), restarts the store's Redis once and the broker
+once, runs one producer with its clock 60 s behind (libfaketime), and holds
+one Clix answer past the lease. It also schedules 2% more triggers
 5-30 s ahead and cancels half of them (bench/chaos_schedule.py): the kept ones
 must be delivered and never early, the cancelled ones never sent. Then it
 waits for the drain and prints one line::
