@@ -174,7 +174,7 @@ def celery_config(settings: Settings, argv: Sequence[str] | None = None) -> dict
     if backend_tls:
         config["redis_backend_use_ssl"] = backend_tls
     if not pool_on_command_line(sys.argv if argv is None else argv):
-        # the pool and its size go together: `-P prefork` alone must not fork 64
+        # the pool and its size go together: `-P prefork` alone must not fork 128
         config["worker_pool"] = DEFAULT_WORKER_POOL
         config["worker_concurrency"] = DEFAULT_WORKER_CONCURRENCY
     if is_amqp(settings):
