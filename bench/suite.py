@@ -40,7 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -87,13 +89,13 @@ FULL = Size(
     max_backlog=6000,
     headline_runs=5,
     latencies_ms=(0, 50, 200),
-    concurrency={"prefork": (2, 4, 8), "threads": (16, 32, 64), "gevent": (16, 64, 200)},
+    concurrency={"prefork": (2, 4, 8), "threads": (16, 64, 128), "gevent": (16, 64, 200)},
     steady_s=10.0,
     steady_latencies_ms=(0, 50),
     redis_triggers=1000,
     enqueue_triggers=1000,
     sizing_workers=(1, 2, 3),
-    baseline_points={"prefork": 2, "threads": 64, "gevent": 64},
+    baseline_points={"prefork": 2, "threads": 128, "gevent": 64},
 )
 QUICK = Size(
     warmup_s=0.3,
@@ -344,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="write the JSON only")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
+    # SIGTERM unwinds like Ctrl-C, so the stack stops every process it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="clix-bench-"))
     command = "python -m bench.suite" + (" --quick" if args.quick else "")
     results = {"command": command, "quick": args.quick, **run_suite(size, workdir)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -37,6 +38,8 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--window-s", type=float, default=4.0)
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the stack stops every process it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     points = [
         drain.Point(app, args.pool, args.concurrency, args.latency_ms, args.prefetch)
         for app in ("bare", "clix")
