@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of every random choice")
     p.add_argument("--rate", type=float, help="fleet rate limit, req/s (100; quick 20)")
     p.add_argument("--json", type=Path, help="write the verdict and the fault timeline here")
+    p.add_argument(
+        "--broker-in-store",
+        action="store_true",
+        help="the queue in the store's Redis (the default deployment), behind the proxy",
+    )
     return p
 
 
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key="chaos-" + uuid.uuid4().hex,
         rate_per_s=args.rate or size["rate"],
         seed=args.seed,
+        broker_in_store=args.broker_in_store,
     )
     started = time.monotonic()
     try:
@@ -111,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "triggers": triggers,
         "workers": args.workers,
+        "broker_in_store": args.broker_in_store,
         "clock_skew": load.clock_skew,
         "reused_keys": load.reused,
         "plan": plan.__dict__,
@@ -150,7 +157,7 @@ def _run(
         load,
         fleet.producer_env,
         fleet.workdir,
-        fleet.broker.url,
+        fleet.broker_url,
         fleet.queue,
         rate=fleet.rate_per_s,
     )

@@ -141,10 +141,11 @@ class FaultDriver:
         self._log("store_restart", start)
 
     def restart_broker(self) -> None:
-        """Restart the broker's Redis (AOF, same port)."""
+        """Restart the broker's Redis (AOF, same port); the store's, when it is the broker."""
         start = time.time()
         self.fleet.restart_broker()
-        self._log("broker_restart", start)
+        # with the broker in the store, the restart is a store fault as well
+        self._log("store_restart" if self.fleet.broker_in_store else "broker_restart", start)
 
     def window_429(self) -> None:
         """Clix answers 429 to (nearly) everything for a while (the 2% drops still happen)."""

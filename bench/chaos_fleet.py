@@ -41,8 +41,23 @@ CHAOS_SETTINGS = {
 class ChaosFleet:
     """Starts everything in ``workdir``; :meth:`stop` stops all of it (safe to call twice)."""
 
-    def __init__(self, workdir: Path, *, api_key: str, rate_per_s: float, seed: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        api_key: str,
+        rate_per_s: float,
+        seed: int,
+        broker_in_store: bool = False,
+    ) -> None:
+        """``broker_in_store``: no broker of its own, the default deployment's layout.
+
+        The queue then lives in the store's Redis, reached through the proxy
+        like everything else: a cut or a restart of the store is one of the
+        broker too.
+        """
         self.workdir = workdir
+        self.broker_in_store = broker_in_store
         self.api_key = api_key
         self.rate_per_s = rate_per_s
         self.rng = random.Random(seed)
@@ -60,12 +75,14 @@ class ChaosFleet:
     def start(self, *, workers: int, sandbox_args: list[str]) -> ChaosFleet:
         """Start the servers, the proxy, the sandbox and ``workers`` workers (in parallel)."""
         self.store.start()
-        self.broker.start()
+        if not self.broker_in_store:
+            self.broker.start()
         self.proxy = TcpProxy(self.store.port).start()
         self.sandbox = SandboxProcess(self.workdir, PROJECT_ID, self.api_key, *sandbox_args)
+        broker = {} if self.broker_in_store else {"CELERY_BROKER_URL": self.broker.url}
         self.env = clean_env(
             REDIS_URL=self.proxy.url(),
-            CELERY_BROKER_URL=self.broker.url,
+            **broker,
             CLIX_BASE_URL=self.sandbox.url,
             CLIX_PROJECT_ID=PROJECT_ID,
             CLIX_API_KEY=self.api_key,
@@ -82,6 +99,11 @@ class ChaosFleet:
         if len(self.workers) < workers:
             raise RuntimeError(f"only {len(self.workers)} of {workers} workers started")
         return self
+
+    @property
+    def broker_url(self) -> str:
+        """Where the queue is, directly (the raw poison is published there)."""
+        return self.store.url if self.broker_in_store else self.broker.url
 
     @property
     def producer_env(self) -> dict[str, str]:
@@ -109,9 +131,13 @@ class ChaosFleet:
         self.store.start()
 
     def restart_broker(self) -> None:
-        """Stop the broker's Redis and start it on the same port, from its AOF."""
-        self.broker.stop()
-        self.broker.start()
+        """Stop the broker's Redis and start it on the same port, from its AOF.
+
+        With the broker in the store, that is the store's Redis.
+        """
+        server = self.store if self.broker_in_store else self.broker
+        server.stop()
+        server.start()
 
     def stop(self) -> None:
         """Stop the workers first (they hold connections), then everything else."""

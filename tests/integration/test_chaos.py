@@ -1,10 +1,12 @@
 """CHAOS SMOKE TEST: ``bench/chaos.py --quick``, every promise under faults, in CI.
 
-One run of about 70 s (select it with ``-m chaos``, skip it with
-``-m "not chaos"``): real Redis servers for the store and the broker, a proxy
-that cuts the store, the sandbox misbehaving, three workers SIGKILLed and
-replaced, Redis and the broker restarted, a producer 60 s behind, one answer
-held past the lease. The command's one-line verdict is checked field by field.
+Two runs of about 65 s each (select them with ``-m chaos``, skip them with
+``-m "not chaos"``): real Redis servers for the store and the broker (or the
+broker in the store, the default deployment), a proxy that cuts the store,
+the sandbox misbehaving, three workers SIGKILLed and replaced, Redis and the
+broker restarted, producers enqueueing through it all (one 60 s behind), one
+answer held past the lease. The command's one-line verdict is checked field
+by field.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ QUICK_TRIGGERS = 600
 QUICK_POISON = 6  # 1% of 600: 3 rejected by Clix, 3 undecodable
 
 
-def _run_quick_chaos(report: Path) -> tuple[int, str, str]:
+def _run_quick_chaos(report: Path, *layout: str) -> tuple[int, str, str]:
     command = [sys.executable, str(ROOT / "bench" / "chaos.py"), "--quick", "--seed", "1"]
     proc = subprocess.Popen(
-        [*command, "--json", str(report)],
+        [*command, *layout, "--json", str(report)],
         env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -48,10 +50,15 @@ def _run_quick_chaos(report: Path) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [(), ("--broker-in-store",)],
+    ids=["broker-apart", "broker-in-store"],  # the second is the default deployment
+)
 def test_chaos_quick_run_loses_nothing_duplicates_only_ambiguously_and_dead_letters_the_poison(
-    tmp_path: Path,
+    tmp_path: Path, layout: tuple[str, ...]
 ) -> None:
-    code, out, err = _run_quick_chaos(tmp_path / "chaos.json")
+    code, out, err = _run_quick_chaos(tmp_path / "chaos.json", *layout)
 
     lines = [line for line in out.splitlines() if line.startswith("sent=")]
     assert len(lines) == 1, f"no verdict line (exit {code}): {err[-3000:]}"
