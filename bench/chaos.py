@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the queue in the store's Redis (the default deployment), behind the proxy",
     )
+    p.add_argument(
+        "--default-pool",
+        action="store_true",
+        help="workers as the README starts them (threads) instead of prefork -c 2",
+    )
     return p
 
 
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_per_s=args.rate or size["rate"],
         seed=args.seed,
         broker_in_store=args.broker_in_store,
+        default_pool=args.default_pool,
     )
     started = time.monotonic()
     try:
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "triggers": triggers,
         "workers": args.workers,
         "broker_in_store": args.broker_in_store,
+        "default_pool": args.default_pool,
         "clock_skew": load.clock_skew,
         "reused_keys": load.reused,
         "plan": plan.__dict__,

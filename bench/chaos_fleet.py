@@ -49,15 +49,18 @@ class ChaosFleet:
         rate_per_s: float,
         seed: int,
         broker_in_store: bool = False,
+        default_pool: bool = False,
     ) -> None:
         """``broker_in_store``: no broker of its own, the default deployment's layout.
 
         The queue then lives in the store's Redis, reached through the proxy
         like everything else: a cut or a restart of the store is one of the
-        broker too.
+        broker too. ``default_pool``: workers started as the README starts
+        them (the app's pool of threads), not prefork with 2 processes.
         """
         self.workdir = workdir
         self.broker_in_store = broker_in_store
+        self.default_pool = default_pool
         self.api_key = api_key
         self.rate_per_s = rate_per_s
         self.rng = random.Random(seed)
@@ -112,7 +115,12 @@ class ChaosFleet:
 
     def add_worker(self) -> WorkerProcess:
         """Start one more worker and wait until it is ready."""
-        worker = WorkerProcess(self.workdir, self.env, queue=self.queue, concurrency=2)
+        if self.default_pool:  # no -P, no -c: what `celery -A worker worker` runs
+            worker = WorkerProcess(
+                self.workdir, self.env, queue=self.queue, pool=None, concurrency=None
+            )
+        else:
+            worker = WorkerProcess(self.workdir, self.env, queue=self.queue, concurrency=2)
         with self._lock:
             self.workers.append(worker)
         return worker
