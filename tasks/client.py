@@ -43,12 +43,14 @@ from config.settings import Settings
 from tasks.errors import (
     ClixError,
     NetworkError,
+    OutOfTime,
+    TransientError,
     from_response,
     from_transport_error,
 )
 from tasks.models import TriggerRequest
 from tasks.quota import Quota
-from tasks.retries import RetryPolicy
+from tasks.retries import RetryPolicy, stop_when_budget_spent
 
 __all__ = ["AttemptHook", "ClixClient", "Sent"]
 
@@ -253,7 +255,8 @@ class ClixClient:
         """Send with the retry policy; raise the last :class:`ClixError` when it gives up.
 
         ``remaining_s``: time left before the delivery's deadline; no retry
-        starts that could not finish within it.
+        starts that could not finish within it. When that, and not the retry
+        budget, stopped a transient failure, raises :class:`OutOfTime` instead.
         """
         attempts = 0
         started = time.monotonic()
@@ -274,7 +277,14 @@ class ClixClient:
                 after_attempt(attempts, None, (time.monotonic() - t0) * 1000, quota)
             return trigger_id
 
-        trigger_id = self.policy.retrying(sleep=self._sleep, remaining_s=remaining_s)(attempt)
+        retrying = self.policy.retrying(sleep=self._sleep, remaining_s=remaining_s)
+        try:
+            trigger_id = retrying(attempt)
+        except TransientError as exc:
+            stop = retrying.stop
+            if isinstance(stop, stop_when_budget_spent) and stop.out_of_time:
+                raise OutOfTime(exc) from exc  # budget left, no time: requeued, not dead
+            raise
         return Sent(trigger_id, attempts, (time.monotonic() - started) * 1000)
 
 

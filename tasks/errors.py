@@ -17,6 +17,8 @@ The tree (retryable on the left of the split, permanent on the right)::
     │   ├── BreakerOpen                  the fleet-wide breaker says do not send
     │   └── RateLimitWaitTooLong         no request slot in sight
     ├── ClaimBusy                        a copy of this message still runs
+    ├── OutOfTime                        the delivery's deadline, not the retry
+    │                                    budget, stopped the retries
     ├── ClaimLost                        another delivery took the scope over
     ├── ReplayRefused                    a DLQ entry that cannot be replayed
     └── DeadLettered                     raised *after* the DLQ write, so Celery
@@ -26,9 +28,11 @@ The tree (retryable on the left of the split, permanent on the right)::
 this package in the dependency order.
 
 Routes (:func:`route_for`): a transient error that outlived tenacity's budget
-goes to the DLQ as ``retries_exhausted``; a permanent one as ``rejected``;
-invalid input as ``invalid_payload``. Trouble with the system rather than the
-message (401/403, 429s beyond their budget, an open breaker, no rate-limit slot)
+goes to the DLQ as ``retries_exhausted``, one whose retries the delivery's
+deadline cut short (:class:`OutOfTime`) back to the queue, counted; a
+permanent one to the DLQ as ``rejected``; invalid input as
+``invalid_payload``. Trouble with the system rather than the message
+(401/403, 429s beyond their budget, an open breaker, no rate-limit slot)
 puts the message back on the queue *uncounted*: it must not creep towards the
 redelivery limit while Clix or the credentials are broken. An error of our own
 infrastructure (Redis down, a bug) puts it back counted, so a message that
@@ -55,6 +59,7 @@ __all__ = [
     "DeadLettered",
     "InvalidTrigger",
     "NetworkError",
+    "OutOfTime",
     "Paused",
     "PermanentError",
     "RateLimitWaitTooLong",
@@ -163,6 +168,21 @@ class ClaimBusy(ClixWorkerError):
     """A copy of this message still holds a live lease after the longest wait."""
 
 
+class OutOfTime(ClixWorkerError):
+    """A transient failure with retry budget left, but no time left in this delivery.
+
+    The delivery's deadline (before the broker hands the message out again)
+    came first: its time went on waiting for a rate-limit slot, for a copy's
+    lease or out 429s. The trigger is requeued, counted (so the redelivery
+    limit still bounds it); the next delivery starts with a whole deadline.
+    ``last`` is the failure that could not be retried.
+    """
+
+    def __init__(self, last: ClixError) -> None:
+        super().__init__(f"no time left in this delivery to retry: {last}")
+        self.last = last
+
+
 class ClaimLost(ClixWorkerError):
     """The scope is done, dead or owned by another delivery: this one stops sending."""
 
@@ -257,6 +277,10 @@ def route_for(exc: BaseException, *, systemic: bool = False) -> Decision:
     if isinstance(exc, AuthenticationFailed | RateLimited | Paused):
         # about the system, not the message: keep it queued, untouched
         return Decision(Route.REQUEUE, counts_as_delivery=False)
+    if isinstance(exc, OutOfTime):
+        # budget left, time gone: again from the queue; during an outage uncounted,
+        # so waiting for Clix never creeps towards the redelivery limit
+        return Decision(Route.REQUEUE, counts_as_delivery=not systemic)
     if isinstance(exc, TransientError):
         if systemic:  # an outage, not a poison trigger: wait for Clix in the queue
             return Decision(Route.REQUEUE, counts_as_delivery=False)

@@ -9,7 +9,8 @@ carries it out::
                    accepted), let the broker deliver again
 
 A transient error asks the breaker whether the fleet is failing (then the
-trigger is requeued rather than dead-lettered); a DLQ that cannot be written
+trigger is requeued rather than dead-lettered, and a retry cut short by the
+deadline is requeued uncounted); a DLQ that cannot be written
 turns a dead letter into a requeue, since the outcome could not be made durable.
 """
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from tasks.dead_lettering import dead_letter
-from tasks.errors import DeadLettered, Route, TransientError, route_for
+from tasks.errors import DeadLettered, OutOfTime, Route, TransientError, route_for
 
 if TYPE_CHECKING:
     from tasks.delivery import Delivery
@@ -47,7 +48,7 @@ def route_failure(delivery: Delivery, exc: Exception) -> dict[str, Any]:
     """
     d = delivery
     systemic = False
-    if isinstance(exc, TransientError):
+    if isinstance(exc, TransientError | OutOfTime):
         try:
             systemic = d.ctx.breaker.systemic(own_failures=d.hooks.failures)
         except redis.RedisError:

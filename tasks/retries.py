@@ -124,7 +124,9 @@ class stop_when_budget_spent(stop_base):
     against ``rate_limited_max_wait_s``. Above both stands the delivery's own
     deadline (``remaining_s``): the wait plus one more request must fit in it,
     or the broker would hand the message out again while it still runs.
-    Stateful: one instance per delivery.
+    ``out_of_time`` tells which stopped it: true when the budgets had room
+    left and the delivery's deadline did not (the caller requeues instead of
+    dead-lettering). Stateful: one instance per delivery.
     """
 
     def __init__(self, policy: RetryPolicy, remaining_s: Callable[[], float] | None = None) -> None:
@@ -132,24 +134,30 @@ class stop_when_budget_spent(stop_base):
         self.remaining_s = remaining_s
         self.failures = 0
         self.rate_limited_s = 0.0
+        self.out_of_time = False
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
         # tenacity draws the wait before asking us: judge the very wait it will sleep
         next_wait = retry_state.upcoming_sleep
+        if isinstance(exc, RateLimited):
+            spent = self.rate_limited_s + next_wait > self.policy.rate_limited_max_wait_s
+        else:
+            self.failures += 1
+            elapsed = (retry_state.seconds_since_start or 0.0) - self.rate_limited_s
+            spent = (
+                self.failures >= self.policy.max_attempts
+                or elapsed + next_wait > self.policy.deadline_s
+            )
+        if spent:
+            return True
         if (
             self.remaining_s is not None
             and next_wait + self.policy.request_timeout_s > self.remaining_s()
         ):
+            self.out_of_time = True
             return True
         if isinstance(exc, RateLimited):
-            if self.rate_limited_s + next_wait > self.policy.rate_limited_max_wait_s:
-                return True
             self.rate_limited_s += next_wait
-            return False
-        self.failures += 1
-        if self.failures >= self.policy.max_attempts:
-            return True
-        elapsed = (retry_state.seconds_since_start or 0.0) - self.rate_limited_s
-        return elapsed + next_wait > self.policy.deadline_s
+        return False

@@ -17,6 +17,7 @@ from tasks.errors import (
     AuthenticationFailed,
     ClixError,
     NetworkError,
+    OutOfTime,
     RateLimited,
     Rejected,
     ServerError,
@@ -272,6 +273,24 @@ def test_no_attempt_is_made_when_its_wait_would_cross_the_deadline(mock_clix: Ha
         clix.client.trigger(request_for())
     assert len(clix.requests) == 1
     assert clix.sleeps.calls == []
+
+
+def test_a_retry_the_delivery_has_no_time_for_raises_out_of_time(mock_clix: Harness) -> None:
+    # budget left (10 attempts, 30 s) but 2 s left in the delivery, less than a request
+    clix = mock_clix(then=503, policy=policy(max_attempts=10, request_timeout_s=5.0))
+    with pytest.raises(OutOfTime) as caught:
+        clix.client.trigger(request_for(), remaining_s=lambda: 2.0)
+    assert isinstance(caught.value.last, ServerError)
+    assert caught.value.__cause__ is caught.value.last
+    assert len(clix.requests) == 1
+
+
+def test_a_spent_budget_is_the_last_error_even_with_no_time_left(mock_clix: Harness) -> None:
+    # the attempts are spent too: that is what stopped it, not the deadline
+    clix = mock_clix(then=503, policy=policy(max_attempts=1, request_timeout_s=5.0))
+    with pytest.raises(ServerError):
+        clix.client.trigger(request_for(), remaining_s=lambda: 2.0)
+    assert len(clix.requests) == 1
 
 
 def test_attempts_are_bounded_by_the_deadline_in_real_time(settings: Settings) -> None:

@@ -438,6 +438,9 @@ def test_default_settings_end_a_delivery_of_429s_before_the_visibility_timeout(
 def test_default_settings_end_a_delivery_of_slow_5xx_before_the_visibility_timeout(
     pipeline: Pipe, fake_redis: fakeredis.FakeRedis
 ) -> None:
+    # the retry budget (59 s, 20 attempts) outlasts the delivery's deadline (55 s):
+    # the deadline stops the retries, and the trigger goes back to the queue,
+    # counted, instead of to the DLQ with its budget unspent
     monotonic = StandingClock(0.0)
 
     def slow_503(request: httpx.Request) -> httpx.Response:
@@ -454,9 +457,50 @@ def test_default_settings_end_a_delivery_of_slow_5xx_before_the_visibility_timeo
         clix_request_timeout_s=10.0,
     )
     healthy_fleet(p, fake_redis)
-    entry = dead_letter(p)
-    assert entry["reason"] == "retries_exhausted"
-    assert monotonic.now <= p.ctx.settings.delivery_deadline_s
+    assert "OutOfTime" in requeue(p)
+    assert p.ctx.dlq.depth() == 0
+    assert p.ctx.store.meta(scope_of(p))["deliveries"] == "1"  # counted
+    assert monotonic.now - REQUEUE_PAUSE_S <= p.ctx.settings.delivery_deadline_s
+
+
+def test_a_5xx_after_a_long_wait_for_a_rate_limit_slot_is_requeued_not_dead_lettered(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    # the delivery's time went on waiting for its slot; the 503 that follows
+    # cannot be retried within the deadline, but one attempt of 5 is no spent budget
+    monotonic = StandingClock(0.0)
+
+    def slow_503(request: httpx.Request) -> httpx.Response:
+        # as if the slot and the answer took all but a second of the deadline
+        monotonic.advance(p.ctx.settings.delivery_deadline_s - 1.0)
+        return httpx.Response(503, json={"error": "down"})
+
+    p = pipeline(then=slow_503, monotonic=monotonic, clix_max_attempts=5)
+    healthy_fleet(p, fake_redis)
+    assert "OutOfTime" in requeue(p)
+    assert len(p.clix.requests) == 1
+    assert p.ctx.dlq.depth() == 0
+    meta = p.ctx.store.meta(scope_of(p))
+    assert (meta["deliveries"], meta["attempts"], meta["sending"]) == ("1", "1", "0")
+    # the next delivery finds the scope free and sends again
+    assert p.ctx.store.status(scope_of(p)).state == "unknown"
+
+
+def test_a_retry_cut_short_by_the_deadline_during_an_outage_is_requeued_uncounted(
+    pipeline: Pipe, fake_redis: fakeredis.FakeRedis
+) -> None:
+    monotonic = StandingClock(0.0)
+
+    def slow_503(request: httpx.Request) -> httpx.Response:
+        monotonic.advance(p.ctx.settings.delivery_deadline_s - 1.0)
+        return httpx.Response(503, json={"error": "down"})
+
+    p = pipeline(then=slow_503, monotonic=monotonic, clix_max_attempts=5)
+    other = another_worker(p, fake_redis)
+    for _ in range(3):  # the rest of the fleet fails as well: an outage
+        other.record(Outcome.FAILURE)
+    assert "OutOfTime" in requeue(p)
+    assert p.ctx.store.meta(scope_of(p))["deliveries"] == "0"  # waiting for Clix is free
 
 
 def test_low_remaining_quota_slows_the_fleet_down_until_the_reset(

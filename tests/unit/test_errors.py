@@ -15,6 +15,7 @@ from tasks.errors import (
     DeadLettered,
     InvalidTrigger,
     NetworkError,
+    OutOfTime,
     Paused,
     PermanentError,
     RateLimited,
@@ -207,6 +208,18 @@ def test_invalid_trigger_is_dead_lettered_as_invalid_payload() -> None:
 def test_transient_error_that_reaches_routing_is_retries_exhausted(error: ClixError) -> None:
     decision = route_for(error)
     assert (decision.route, decision.reason) == (Route.DEAD_LETTER, "retries_exhausted")
+
+
+def test_a_retry_cut_short_by_the_deadline_requeues_counted_or_uncounted_in_an_outage() -> None:
+    error = OutOfTime(ServerError("x", status_code=503))
+    assert not is_transient(error)  # not resent within the delivery: no time is left
+    decision = route_for(error)
+    assert (decision.route, decision.reason, decision.counts_as_delivery) == (
+        Route.REQUEUE,
+        None,
+        True,
+    )
+    assert route_for(error, systemic=True).counts_as_delivery is False
 
 
 def test_429_that_outlived_its_wait_budget_requeues_uncounted() -> None:
