@@ -47,6 +47,9 @@ class AttemptHooks:
         self.failures = 0
         #: an attempt is registered in the ledger, not yet sent
         self.unsent = False
+        #: seconds spent waiting for rate-limit slots: the fleet's pace, not the
+        #: trigger's retrying, so the retry budget does not pay for them
+        self.slot_wait_s = 0.0
         self._last_ambiguous = False
         self._probe = False  # this delivery holds the breaker's half-open probe token
 
@@ -63,9 +66,11 @@ class AttemptHooks:
         if self._probe:
             d.log("breaker_probe", level=logging.WARNING)
         if reserved_us is not None:
-            d.ctx.limiter.wait_for(reserved_us)
+            self.slot_wait_s += d.ctx.limiter.wait_for(reserved_us)
             return
-        d.ctx.limiter.acquire(on_wait=self.keep_lease, within_s=d.slot_within_s())
+        self.slot_wait_s += d.ctx.limiter.acquire(
+            on_wait=self.keep_lease, within_s=d.slot_within_s()
+        )
 
     def keep_lease(self) -> None:
         """During a long wait for a rate-limit slot: keep (or re-take) the lease."""

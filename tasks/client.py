@@ -251,12 +251,15 @@ class ClixClient:
         before_attempt: BeforeAttempt | None = None,
         after_attempt: AttemptHook | None = None,
         remaining_s: Callable[[], float] | None = None,
+        slot_wait_s: Callable[[], float] | None = None,
     ) -> Sent:
         """Send with the retry policy; raise the last :class:`ClixError` when it gives up.
 
         ``remaining_s``: time left before the delivery's deadline; no retry
         starts that could not finish within it. When that, and not the retry
         budget, stopped a transient failure, raises :class:`OutOfTime` instead.
+        ``slot_wait_s``: how long ``before_attempt`` waited for rate-limit
+        slots so far (not charged to the retry deadline).
         """
         attempts = 0
         started = time.monotonic()
@@ -277,7 +280,9 @@ class ClixClient:
                 after_attempt(attempts, None, (time.monotonic() - t0) * 1000, quota)
             return trigger_id
 
-        retrying = self.policy.retrying(sleep=self._sleep, remaining_s=remaining_s)
+        retrying = self.policy.retrying(
+            sleep=self._sleep, remaining_s=remaining_s, slot_wait_s=slot_wait_s
+        )
         try:
             trigger_id = retrying(attempt)
         except TransientError as exc:

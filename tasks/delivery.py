@@ -159,6 +159,7 @@ class Delivery:
             before_attempt=self.hooks.before,
             after_attempt=self.hooks.after,
             remaining_s=self.remaining_s,
+            slot_wait_s=lambda: self.hooks.slot_wait_s,
         )
         self.accepted = sent.trigger_id
         if not self._commit(scope, sent.trigger_id):

@@ -78,16 +78,19 @@ class RetryPolicy:
         rng: random.Random | None = None,
         before_sleep: Callable[[RetryCallState], None] | None = None,
         remaining_s: Callable[[], float] | None = None,
+        slot_wait_s: Callable[[], float] | None = None,
     ) -> Retrying:
         """A tenacity controller for one delivery (build one per call: it keeps state).
 
         ``remaining_s`` tells how much of the delivery's deadline is left: no
         wait starts that, with one more request after it, would overrun it.
+        ``slot_wait_s`` tells how long the attempts waited for rate-limit
+        slots: time the retry deadline does not count.
         """
         wait = backoff_wait(self, rng or _JITTER)
         return Retrying(
             retry=retry_if_exception(is_transient),
-            stop=stop_when_budget_spent(self, remaining_s),
+            stop=stop_when_budget_spent(self, remaining_s, slot_wait_s),
             wait=wait,
             sleep=sleep,
             reraise=True,  # the last real error, not tenacity's RetryError
@@ -120,7 +123,8 @@ class stop_when_budget_spent(stop_base):
     """Stop when the next wait would overspend one of the budgets.
 
     Failures other than 429 count against ``max_attempts``, and their time
-    (everything but 429 waits) against ``deadline_s``; 429 waits count only
+    (everything but 429 waits and waits for a rate-limit slot) against
+    ``deadline_s``; 429 waits count only
     against ``rate_limited_max_wait_s``. Above both stands the delivery's own
     deadline (``remaining_s``): the wait plus one more request must fit in it,
     or the broker would hand the message out again while it still runs.
@@ -129,9 +133,15 @@ class stop_when_budget_spent(stop_base):
     dead-lettering). Stateful: one instance per delivery.
     """
 
-    def __init__(self, policy: RetryPolicy, remaining_s: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        remaining_s: Callable[[], float] | None = None,
+        slot_wait_s: Callable[[], float] | None = None,
+    ) -> None:
         self.policy = policy
         self.remaining_s = remaining_s
+        self.slot_wait_s = slot_wait_s
         self.failures = 0
         self.rate_limited_s = 0.0
         self.out_of_time = False
@@ -146,6 +156,8 @@ class stop_when_budget_spent(stop_base):
         else:
             self.failures += 1
             elapsed = (retry_state.seconds_since_start or 0.0) - self.rate_limited_s
+            if self.slot_wait_s is not None:
+                elapsed -= self.slot_wait_s()
             spent = (
                 self.failures >= self.policy.max_attempts
                 or elapsed + next_wait > self.policy.deadline_s

@@ -293,6 +293,30 @@ def test_a_spent_budget_is_the_last_error_even_with_no_time_left(mock_clix: Harn
     assert len(clix.requests) == 1
 
 
+def test_waiting_for_a_rate_limit_slot_is_not_charged_to_the_retry_deadline(
+    mock_clix: Harness,
+) -> None:
+    # the first attempt waits 0.3 s (real time) for its slot; the retry deadline
+    # is 0.2 s: charged with that wait, the 503 would end the retries at once
+    waited = {"s": 0.0}
+
+    def slow_slot(number: int) -> None:
+        if number == 1:
+            time.sleep(0.3)
+            waited["s"] += 0.3
+
+    p = policy(max_attempts=5, backoff_initial_s=0.01, backoff_max_s=0.01, deadline_s=0.2)
+    clix = mock_clix(503, 200, policy=p)
+    sent = clix.client.trigger(
+        request_for(), before_attempt=slow_slot, slot_wait_s=lambda: waited["s"]
+    )
+    assert sent.attempts == 2
+    # without telling the client the wait, the same run stops after the 503
+    clix = mock_clix(503, 200, policy=p)
+    with pytest.raises(ServerError):
+        clix.client.trigger(request_for(), before_attempt=slow_slot)
+
+
 def test_attempts_are_bounded_by_the_deadline_in_real_time(settings: Settings) -> None:
     requests: list[httpx.Request] = []
 
