@@ -1,9 +1,10 @@
 """CHAOS SMOKE TEST: ``bench/chaos.py --quick``, every promise under faults, in CI.
 
 Two runs of about 65 s each (select them with ``-m chaos``, skip them with
-``-m "not chaos"``): real Redis servers for the store and the broker (or the
-broker in the store, the default deployment), a proxy that cuts the store,
-the sandbox misbehaving, three workers SIGKILLed and replaced, Redis and the
+``-m "not chaos"``): real Redis servers for the store and the broker, prefork
+workers (or the default deployment: the broker in the store, the README's
+pool of threads), a proxy that cuts the store, the sandbox misbehaving, three
+workers SIGKILLed and replaced, Redis and the
 broker restarted, producers enqueueing through it all (one 60 s behind), one
 answer held past the lease. The command's one-line verdict is checked field
 by field.
@@ -52,8 +53,9 @@ def _run_quick_chaos(report: Path, *layout: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize(
     "layout",
-    [(), ("--broker-in-store",)],
-    ids=["broker-apart", "broker-in-store"],  # the second is the default deployment
+    [(), ("--broker-in-store", "--default-pool")],
+    # the second is the default deployment: the queue in the store, the README's threads
+    ids=["broker-apart-prefork", "default-deployment"],
 )
 def test_chaos_quick_run_loses_nothing_duplicates_only_ambiguously_and_dead_letters_the_poison(
     tmp_path: Path, layout: tuple[str, ...]
