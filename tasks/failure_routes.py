@@ -10,8 +10,8 @@ carries it out::
 
 A transient error asks the breaker whether the fleet is failing (then the
 trigger is requeued rather than dead-lettered, and a retry cut short by the
-deadline is requeued uncounted); a DLQ that cannot be written
-turns a dead letter into a requeue, since the outcome could not be made durable.
+deadline is requeued uncounted); a DLQ that cannot be written turns a dead
+letter into a requeue, since the outcome could not be made durable.
 """
 
 from __future__ import annotations

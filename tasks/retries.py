@@ -124,12 +124,12 @@ class stop_when_budget_spent(stop_base):
 
     Failures other than 429 count against ``max_attempts``, and their time
     (everything but 429 waits and waits for a rate-limit slot) against
-    ``deadline_s``; 429 waits count only
-    against ``rate_limited_max_wait_s``. Above both stands the delivery's own
-    deadline (``remaining_s``): the wait plus one more request must fit in it,
-    or the broker would hand the message out again while it still runs.
-    ``out_of_time`` tells which stopped it: true when the budgets had room
-    left and the delivery's deadline did not (the caller requeues instead of
+    ``deadline_s``; 429 waits count only against ``rate_limited_max_wait_s``.
+    Above both stands the delivery's own deadline (``remaining_s``): the wait
+    plus one more request must fit in it, or the broker would hand the message
+    out again while it still runs. ``out_of_time`` tells which stopped a
+    failure other than 429: true when the budgets had room left and the
+    delivery's deadline did not (the caller requeues instead of
     dead-lettering). Stateful: one instance per delivery.
     """
 
@@ -168,7 +168,8 @@ class stop_when_budget_spent(stop_base):
             self.remaining_s is not None
             and next_wait + self.policy.request_timeout_s > self.remaining_s()
         ):
-            self.out_of_time = True
+            # a 429 stays a 429 (requeued uncounted): the pace of the fleet, not time
+            self.out_of_time = not isinstance(exc, RateLimited)
             return True
         if isinstance(exc, RateLimited):
             self.rate_limited_s += next_wait

@@ -285,6 +285,14 @@ def test_a_retry_the_delivery_has_no_time_for_raises_out_of_time(mock_clix: Harn
     assert len(clix.requests) == 1
 
 
+def test_a_429_the_delivery_has_no_time_to_wait_out_stays_a_429(mock_clix: Harness) -> None:
+    # a 429 goes back to the queue uncounted (the fleet's pace); OutOfTime would count it
+    clix = mock_clix(429, then=200, policy=policy(max_attempts=10, request_timeout_s=5.0))
+    with pytest.raises(RateLimited):
+        clix.client.trigger(request_for(), remaining_s=lambda: 2.0)
+    assert len(clix.requests) == 1
+
+
 def test_a_spent_budget_is_the_last_error_even_with_no_time_left(mock_clix: Harness) -> None:
     # the attempts are spent too: that is what stopped it, not the deadline
     clix = mock_clix(then=503, policy=policy(max_attempts=1, request_timeout_s=5.0))
