@@ -115,12 +115,11 @@ class ChaosFleet:
 
     def add_worker(self) -> WorkerProcess:
         """Start one more worker and wait until it is ready."""
-        if self.default_pool:  # no -P, no -c: what `celery -A worker worker` runs
-            worker = WorkerProcess(
-                self.workdir, self.env, queue=self.queue, pool=None, concurrency=None
-            )
-        else:
-            worker = WorkerProcess(self.workdir, self.env, queue=self.queue, concurrency=2)
+        # the default pool: no -P, no -c, what `celery -A worker worker` runs
+        pool, concurrency = (None, None) if self.default_pool else ("prefork", 2)
+        worker = WorkerProcess(
+            self.workdir, self.env, queue=self.queue, pool=pool, concurrency=concurrency
+        )
         with self._lock:
             self.workers.append(worker)
         return worker

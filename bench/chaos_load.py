@@ -121,7 +121,8 @@ def start_producers(
     else:
         load.clock_skew = "unavailable: install faketime (apt-get install faketime)"
     skew_env = {**env, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-    load.enqueue_window = (time.time(), time.time())
+    now = time.time()
+    load.enqueue_window = (now, now)
     share = 1 / _SKEWED_SHARE  # each producer keeps its share of the rate
     runs = [
         _start_enqueue(normal, [], env, workdir / "triggers.jsonl", rate * (1 - share)),

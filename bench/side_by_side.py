@@ -17,9 +17,9 @@ import statistics
 import time
 from typing import Any
 
-from bench.drain import CEILING_PER_S, MAX_BACKLOG, Point, backlog_for
+from bench.drain import CEILING_PER_S, Point, backlog_for
 from bench.load import publish_backlog
-from bench.stack import Stack, process_tree_cpu_s
+from bench.stack import Run, Stack, process_tree_cpu_s
 from tests.integration.processes import wait_until
 
 APPS = ("bare", "clix")
@@ -56,10 +56,11 @@ def _run(
     # Each backlog outlasts the window even if its worker had the machine to
     # itself; ``most`` keeps the full run's publishing bounded, but never below
     # what a short window needs (the quick size's cap would run dry, see _busy).
-    needed = backlog_for(
-        Point("clix", pool, concurrency, 0.0), warmup_s + window_s + 3, MAX_BACKLOG
+    point = Point("clix", pool, concurrency, 0.0)
+    backlog = max(
+        backlog_for(point, warmup_s + window_s + 3, most),
+        int(CEILING_PER_S * (warmup_s + window_s + 1)),
     )
-    backlog = max(min(most, needed), int(CEILING_PER_S * (warmup_s + window_s + 1)))
     # both workers are up before either backlog is queued: neither drains alone first
     workers = {
         app: stack.start_worker(runs[app], pool=pool, concurrency=concurrency) for app in APPS
@@ -104,7 +105,7 @@ def _run(
     }
 
 
-def _publish_interleaved(stack: Stack, runs: list[Any], backlog: int, chunk: int = 500) -> None:
+def _publish_interleaved(stack: Stack, runs: list[Run], backlog: int, chunk: int = 500) -> None:
     """Queue both backlogs in alternating chunks, so neither worker starts far ahead."""
     for first in range(0, backlog, chunk):
         for run in runs:

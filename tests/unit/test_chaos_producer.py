@@ -33,17 +33,23 @@ class _Outage:
         self.sleeps.append(seconds)
         self.now += seconds
 
+    def run(self, give_up_s: float) -> tuple[int | None, collections.Counter[str]]:
+        """Enqueue TRIGGER through this outage; the calls it took and the errors seen."""
+        errors: collections.Counter[str] = collections.Counter()
+        calls = enqueue_through_faults(
+            TRIGGER,
+            give_up_s=give_up_s,
+            errors=errors,
+            enqueue=self.enqueue,
+            sleep=self.sleep,
+            clock=lambda: self.now,
+        )
+        return calls, errors
+
 
 def test_an_enqueue_that_raised_is_called_again_with_the_same_trigger() -> None:
-    outage, errors = _Outage(failures=2), collections.Counter[str]()
-    calls = enqueue_through_faults(
-        TRIGGER,
-        give_up_s=90,
-        errors=errors,
-        enqueue=outage.enqueue,
-        sleep=outage.sleep,
-        clock=lambda: outage.now,
-    )
+    outage = _Outage(failures=2)
+    calls, errors = outage.run(give_up_s=90)
     assert calls == 3
     assert outage.calls == [TRIGGER] * 3
     assert errors == {"ConnectionError": 2}
@@ -51,15 +57,8 @@ def test_an_enqueue_that_raised_is_called_again_with_the_same_trigger() -> None:
 
 
 def test_a_trigger_is_given_up_when_its_budget_is_spent() -> None:
-    outage, errors = _Outage(failures=1000), collections.Counter[str]()
-    calls = enqueue_through_faults(
-        TRIGGER,
-        give_up_s=10,
-        errors=errors,
-        enqueue=outage.enqueue,
-        sleep=outage.sleep,
-        clock=lambda: outage.now,
-    )
+    outage = _Outage(failures=1000)
+    calls, _ = outage.run(give_up_s=10)
     assert calls is None
     assert outage.now <= 10
     assert max(outage.sleeps) == RETRY_MAX_S

@@ -125,27 +125,16 @@ def test_trailing_slash_of_base_url_is_dropped() -> None:
     assert seen == ["https://clix.test/api/v1/campaigns/camp-1:trigger"]
 
 
-def test_a_cookie_set_by_an_answer_is_never_sent_back() -> None:
-    cookies_seen: list[str | None] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        cookies_seen.append(request.headers.get("cookie"))
-        return httpx.Response(
-            200, json={"trigger_id": "t"}, headers={"set-cookie": "lb=node-3; Path=/"}
-        )
-
-    client = ClixClient(
-        base_url="https://clix.test",
-        project_id="p",
-        api_key=SecretStr("k"),
-        policy=policy(),
-        transport=httpx.MockTransport(handler),
-        pool_size=1,  # the same pooled httpx client answers both requests
+def test_a_cookie_set_by_an_answer_is_never_sent_back(mock_clix: Harness) -> None:
+    answer = httpx.Response(
+        200, json={"trigger_id": "t"}, headers={"set-cookie": "lb=node-3; Path=/"}
     )
-    assert client.trigger(request_for()).trigger_id == "t"
-    assert client.trigger(request_for(idempotency_key="k-2")).trigger_id == "t"
-    client.close()
-    assert cookies_seen == [None, None]
+    # sequential requests: the same pooled httpx client answers both
+    clix = mock_clix(then=answer, policy=policy())
+    assert clix.client.trigger(request_for()).trigger_id == "t"
+    assert clix.client.trigger(request_for(idempotency_key="k-2")).trigger_id == "t"
+    assert clix.client.created == 1
+    assert [r.headers.get("cookie") for r in clix.requests] == [None, None]
 
 
 @pytest.mark.parametrize(

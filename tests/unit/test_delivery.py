@@ -463,19 +463,25 @@ def test_default_settings_end_a_delivery_of_slow_5xx_before_the_visibility_timeo
     assert monotonic.now - REQUEUE_PAUSE_S <= p.ctx.settings.delivery_deadline_s
 
 
+def _late_503(pipeline: Pipe) -> Any:
+    """A pipeline whose Clix answers 503 once all but a second of the deadline is gone."""
+    monotonic = StandingClock(0.0)
+
+    def late_503(request: httpx.Request) -> httpx.Response:
+        # as if the slot and the answer took all but a second of the deadline
+        monotonic.advance(p.ctx.settings.delivery_deadline_s - 1.0)
+        return httpx.Response(503, json={"error": "down"})
+
+    p = pipeline(then=late_503, monotonic=monotonic, clix_max_attempts=5)
+    return p
+
+
 def test_a_5xx_after_a_long_wait_for_a_rate_limit_slot_is_requeued_not_dead_lettered(
     pipeline: Pipe, fake_redis: fakeredis.FakeRedis
 ) -> None:
     # the delivery's time went on waiting for its slot; the 503 that follows
     # cannot be retried within the deadline, but one attempt of 5 is no spent budget
-    monotonic = StandingClock(0.0)
-
-    def slow_503(request: httpx.Request) -> httpx.Response:
-        # as if the slot and the answer took all but a second of the deadline
-        monotonic.advance(p.ctx.settings.delivery_deadline_s - 1.0)
-        return httpx.Response(503, json={"error": "down"})
-
-    p = pipeline(then=slow_503, monotonic=monotonic, clix_max_attempts=5)
+    p = _late_503(pipeline)
     healthy_fleet(p, fake_redis)
     assert "OutOfTime" in requeue(p)
     assert len(p.clix.requests) == 1
@@ -489,13 +495,7 @@ def test_a_5xx_after_a_long_wait_for_a_rate_limit_slot_is_requeued_not_dead_lett
 def test_a_retry_cut_short_by_the_deadline_during_an_outage_is_requeued_uncounted(
     pipeline: Pipe, fake_redis: fakeredis.FakeRedis
 ) -> None:
-    monotonic = StandingClock(0.0)
-
-    def slow_503(request: httpx.Request) -> httpx.Response:
-        monotonic.advance(p.ctx.settings.delivery_deadline_s - 1.0)
-        return httpx.Response(503, json={"error": "down"})
-
-    p = pipeline(then=slow_503, monotonic=monotonic, clix_max_attempts=5)
+    p = _late_503(pipeline)
     other = another_worker(p, fake_redis)
     for _ in range(3):  # the rest of the fleet fails as well: an outage
         other.record(Outcome.FAILURE)
